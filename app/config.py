@@ -1,0 +1,47 @@
+"""Settings, read once from the environment (prefix ``PLEDGEWATCH_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Invalid values stop the process at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="PLEDGEWATCH_", extra="ignore")
+
+    database_url: str = "sqlite:///./pledgewatch.db"
+    public_read: bool = True
+    scheduler_enabled: bool = True
+    allow_private_source_hosts: bool = False
+
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    idempotency_ttl_hours: int = Field(default=24, ge=24)
+    # An Idempotency-Key still "in progress" after this long belongs to a request
+    # whose process died; a retry may then take it over instead of waiting forever.
+    idempotency_stale_seconds: int = Field(default=120, gt=0)
+    status_cache_entries: int = Field(default=256, gt=0)
+    # Clients' clocks drift; a timestamp this far ahead of ours is still "now".
+    future_tolerance_seconds: int = Field(default=300, ge=0)
+    log_level: str = "INFO"
+    log_json: bool = True
+    db_pool_size: int = Field(default=10, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("PLEDGEWATCH_DATABASE_URL must be a sqlite:// or postgresql:// URL")
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            # psycopg 3 is the one PostgreSQL driver we ship.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use."""
+    return Settings()

@@ -1,0 +1,96 @@
+"""Dependencies shared by every router, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.clock import Clock
+from app.config import Settings
+from app.db import Database
+from app.domain.keys.service import ANONYMOUS, Principal, authenticate
+from app.errors import Forbidden, Unauthorized
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns, else rolled back.
+
+    Used with ``scope="function"`` so the commit happens before the response is
+    sent: a client is never told 201 for a write that did not commit.
+    """
+    database: Database = request.app.state.database
+    with database.transaction(write=request.method not in _READ_METHODS) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _bearer_secret(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <api key>'")
+    return secret.strip()
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    secret = _bearer_secret(request)
+    if secret is None:
+        return ANONYMOUS
+    principal = authenticate(session, secret)
+    if principal is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    request.state.actor = principal.actor
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(role: str) -> Callable[[Principal], Principal]:
+    def check(principal: PrincipalDep) -> Principal:
+        if principal.role is None:
+            raise Unauthorized(f"this needs an API key with role {role} or higher")
+        if not principal.has_role(role):
+            raise Forbidden(f"this needs role {role} or higher; the key has role {principal.role}")
+        return principal
+
+    return check
+
+
+def require_reader(principal: PrincipalDep, settings: SettingsDep) -> Principal:
+    if settings.public_read or principal.has_role("viewer"):
+        return principal
+    raise Unauthorized("reads need an API key while PLEDGEWATCH_PUBLIC_READ is false")
+
+
+Reader = Annotated[Principal, Depends(require_reader)]
+Collector = Annotated[Principal, Depends(require_role("collector"))]
+Analyst = Annotated[Principal, Depends(require_role("analyst"))]
+Admin = Annotated[Principal, Depends(require_role("admin"))]

@@ -1,0 +1,682 @@
+"""Evidence: ingest (one, multi-link, batch), read, review. No HTTP here.
+
+Ingest is set-based: whatever the batch size, it costs a fixed number of
+statements, each carrying many rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.domain.evidence.identity import content_hash, url_key
+from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
+from app.domain.evidence.schemas import (
+    BatchProblem,
+    BatchResult,
+    EvidenceCreate,
+    EvidenceFields,
+    EvidenceOut,
+    LinkIn,
+    LinkOut,
+    PledgeEvidenceOut,
+    QueueItem,
+)
+from app.domain.evidence.verification import SourceCount, grade
+from app.domain.keys.service import Principal
+from app.domain.pledges.models import Pledge
+from app.domain.status.revision import claim_revision, publish_revision
+from app.errors import InvalidInput, NotFound
+from app.pagination import decode_cursor, encode_cursor
+from app.sql import insert_or_ignore, upsert
+
+
+@dataclass(slots=True)
+class Draft:
+    """One validated item to ingest, with its identity computed."""
+
+    fields: EvidenceFields
+    links: list[LinkIn]
+    url_key: str | None
+    content_hash: str
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    evidence_id: int
+    created: bool
+    links: list[EvidenceLink] = field(default_factory=list)
+
+
+def make_draft(fields: EvidenceFields, links: list[LinkIn], *, now: datetime, tolerance: timedelta) -> Draft:
+    """Check what the schema cannot (dates against our clock, duplicate links) and fix identity."""
+    if fields.published_at > now + tolerance:
+        raise InvalidInput("published_at", "must not be in the future")
+    if fields.fetched_at is not None and fields.fetched_at > now + tolerance:
+        raise InvalidInput("fetched_at", "must not be in the future")
+    seen: set[str] = set()
+    for index, link in enumerate(links):
+        if link.pledge_id in seen:
+            raise InvalidInput(f"links[{index}].pledge_id", "links the same pledge twice")
+        seen.add(link.pledge_id)
+    return Draft(
+        fields=fields,
+        links=links,
+        url_key=url_key(fields.url),
+        content_hash=fields.content_hash
+        or content_hash(fields.title, fields.summary, fields.published_at),
+    )
+
+
+def _missing_pledges(session: Session, drafts: Sequence[Draft]) -> set[str]:
+    wanted = {link.pledge_id for draft in drafts for link in draft.links}
+    if not wanted:
+        return set()
+    found = set(session.scalars(select(Pledge.id).where(Pledge.id.in_(wanted))))
+    return wanted - found
+
+
+def ingest(
+    session: Session, drafts: Sequence[Draft], *, principal: Principal, now: datetime
+) -> list[IngestOutcome]:
+    """Store each draft once and link it to its pledges; results in the order given.
+
+    An item whose URL or content hash is already known is not stored again: the
+    existing item is linked. Links from analysts and admins start accepted, the
+    rest wait for review. Pledges' derived state is updated in the same
+    transaction.
+    """
+    claim_revision(session)
+    if not drafts:
+        return []
+
+    # Items repeated inside one batch collapse onto their first occurrence.
+    canonical: list[int] = []
+    first_by_key: dict[str, int] = {}
+    for index, draft in enumerate(drafts):
+        keys = [f"h:{draft.content_hash}"] + ([f"u:{draft.url_key}"] if draft.url_key else [])
+        owner = next((first_by_key[k] for k in keys if k in first_by_key), index)
+        for key in keys:
+            first_by_key.setdefault(key, owner)
+        canonical.append(owner)
+
+    unique = sorted(set(canonical))
+    actor = principal.actor
+    rows = [
+        {
+            "title": drafts[i].fields.title,
+            "url": drafts[i].fields.url,
+            "url_key": drafts[i].url_key,
+            "summary": drafts[i].fields.summary,
+            "published_at": drafts[i].fields.published_at,
+            "source_name": drafts[i].fields.source_name,
+            "source_type": drafts[i].fields.source_type,
+            "reliability": drafts[i].fields.reliability,
+            "content_hash": drafts[i].content_hash,
+            "collected_by": actor,
+            "recorded_at": now,
+            "fetched_at": drafts[i].fields.fetched_at,
+        }
+        for i in unique
+    ]
+    inserted: dict[str, int] = {}
+    statement = insert_or_ignore(session, Evidence).returning(Evidence.id, Evidence.content_hash)
+    for start in range(0, len(rows), 500):
+        for row in session.execute(statement.values(rows[start : start + 500])):
+            inserted[row.content_hash] = row.id
+
+    # What was not inserted already existed: find it by URL first, then by hash.
+    leftovers = [i for i in unique if drafts[i].content_hash not in inserted]
+    by_url: dict[str, tuple[int, datetime]] = {}
+    by_hash: dict[str, tuple[int, datetime]] = {}
+    if leftovers:
+        url_keys = [k for i in leftovers if (k := drafts[i].url_key) is not None]
+        hashes = [drafts[i].content_hash for i in leftovers]
+        for chunk_start in range(0, len(leftovers), 400):
+            chunk_urls = url_keys[chunk_start : chunk_start + 400]
+            chunk_hashes = hashes[chunk_start : chunk_start + 400]
+            condition = Evidence.content_hash.in_(chunk_hashes)
+            if chunk_urls:
+                condition = or_(condition, Evidence.url_key.in_(chunk_urls))
+            for found in session.execute(
+                select(
+                    Evidence.id, Evidence.url_key, Evidence.content_hash, Evidence.published_at
+                ).where(condition)
+            ):
+                if found.url_key:
+                    by_url[found.url_key] = (found.id, found.published_at)
+                by_hash[found.content_hash] = (found.id, found.published_at)
+
+    identity: dict[int, tuple[int, datetime, bool]] = {}
+    for i in unique:
+        draft = drafts[i]
+        if draft.content_hash in inserted:
+            identity[i] = (inserted[draft.content_hash], draft.fields.published_at, True)
+            continue
+        match = (by_url.get(draft.url_key) if draft.url_key else None) or by_hash.get(
+            draft.content_hash
+        )
+        if match is None:  # pragma: no cover - the unique constraints make this impossible
+            raise RuntimeError("an evidence item was neither inserted nor found")
+        identity[i] = (match[0], match[1], False)
+
+    review = "accepted" if principal.has_role("analyst") else "unreviewed"
+    wanted_links: dict[tuple[int, str], dict[str, Any]] = {}
+    for index, draft in enumerate(drafts):
+        evidence_id, published_at, _ = identity[canonical[index]]
+        for link in draft.links:
+            wanted_links.setdefault(
+                (evidence_id, link.pledge_id),
+                {
+                    "evidence_id": evidence_id,
+                    "pledge_id": link.pledge_id,
+                    "stance": link.stance,
+                    "review": review,
+                    "linked_by": actor,
+                    "created_at": now,
+                    "published_at": published_at,
+                },
+            )
+    new_links: list[tuple[int, str]] = []
+    link_rows = list(wanted_links.values())
+    link_statement = insert_or_ignore(session, EvidenceLink).returning(
+        EvidenceLink.evidence_id, EvidenceLink.pledge_id
+    )
+    for start in range(0, len(link_rows), 500):
+        for row in session.execute(link_statement.values(link_rows[start : start + 500])):
+            new_links.append((row.evidence_id, row.pledge_id))
+
+    if inserted or new_links:
+        _apply_new_links(session, [wanted_links[key] for key in new_links])
+        publish_revision(session)
+
+    links_by_evidence = _links_of(session, {identity[i][0] for i in unique})
+    return [
+        IngestOutcome(
+            evidence_id=identity[canonical[index]][0],
+            created=identity[canonical[index]][2] and canonical[index] == index,
+            links=[
+                link
+                for link in links_by_evidence.get(identity[canonical[index]][0], [])
+                if link.pledge_id in {wanted.pledge_id for wanted in draft.links}
+            ],
+        )
+        for index, draft in enumerate(drafts)
+    ]
+
+
+def _links_of(session: Session, evidence_ids: set[int]) -> dict[int, list[EvidenceLink]]:
+    result: dict[int, list[EvidenceLink]] = defaultdict(list)
+    ids = sorted(evidence_ids)
+    for start in range(0, len(ids), 500):
+        for link in session.scalars(
+            select(EvidenceLink)
+            .where(EvidenceLink.evidence_id.in_(ids[start : start + 500]))
+            .order_by(EvidenceLink.evidence_id, EvidenceLink.id)
+        ):
+            result[link.evidence_id].append(link)
+    return result
+
+
+def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
+    """Fold freshly made links into tallies and pledges' counters, set-based."""
+    if not links:
+        return
+    evidence_ids = sorted({link["evidence_id"] for link in links})
+    sources: dict[int, tuple[str, str, str]] = {}
+    for start in range(0, len(evidence_ids), 500):
+        for row in session.execute(
+            select(
+                Evidence.id, Evidence.source_type, Evidence.reliability, Evidence.source_name
+            ).where(Evidence.id.in_(evidence_ids[start : start + 500]))
+        ):
+            sources[row.id] = (row.source_type, row.reliability, row.source_name)
+
+    accepted: dict[str, int] = defaultdict(int)
+    unreviewed: dict[str, int] = defaultdict(int)
+    latest: dict[str, datetime] = {}
+    tallies: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
+    for link in links:
+        pledge_id = link["pledge_id"]
+        if link["review"] == "accepted":
+            accepted[pledge_id] += 1
+            if pledge_id not in latest or latest[pledge_id] < link["published_at"]:
+                latest[pledge_id] = link["published_at"]
+            source_type, reliability, source_name = sources[link["evidence_id"]]
+            tallies[(pledge_id, link["stance"], source_type, reliability, source_name)] += 1
+        else:
+            unreviewed[pledge_id] += 1
+
+    if tallies:
+        _add_to_tallies(session, tallies)
+
+    table = Pledge.__table__
+    params = [
+        {
+            "pid": pledge_id,
+            "accepted": accepted.get(pledge_id, 0),
+            "unreviewed": unreviewed.get(pledge_id, 0),
+            "latest": latest.get(pledge_id),
+        }
+        for pledge_id in sorted(set(accepted) | set(unreviewed))
+    ]
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("pid"))
+        .values(
+            evidence_count=table.c.evidence_count + bindparam("accepted"),
+            unreviewed_count=table.c.unreviewed_count + bindparam("unreviewed"),
+            last_evidence_at=case(
+                (bindparam("latest", type_=Pledge.last_evidence_at.type).is_(None), table.c.last_evidence_at),
+                (table.c.last_evidence_at.is_(None), bindparam("latest", type_=Pledge.last_evidence_at.type)),
+                (
+                    table.c.last_evidence_at < bindparam("latest", type_=Pledge.last_evidence_at.type),
+                    bindparam("latest", type_=Pledge.last_evidence_at.type),
+                ),
+                else_=table.c.last_evidence_at,
+            ),
+        ),
+        params,
+    )
+    touched = [p["pid"] for p in params]
+    refresh_verification(session, touched)
+    _stamp_versions(session, touched)
+
+
+def _add_to_tallies(session: Session, tallies: dict[tuple[str, str, str, str, str], int]) -> None:
+    statement = upsert(session, SourceTally)
+    statement = statement.on_conflict_do_update(
+        index_elements=["pledge_id", "stance", "source_type", "reliability", "source_name"],
+        set_={"links": SourceTally.links + statement.excluded.links},
+    )
+    rows = [
+        {
+            "pledge_id": key[0],
+            "stance": key[1],
+            "source_type": key[2],
+            "reliability": key[3],
+            "source_name": key[4],
+            "links": count,
+        }
+        for key, count in sorted(tallies.items())
+    ]
+    for start in range(0, len(rows), 500):
+        session.execute(statement.values(rows[start : start + 500]))
+
+
+def _stamp_versions(session: Session, pledge_ids: Sequence[str]) -> None:
+    version = claim_revision(session)
+    for start in range(0, len(pledge_ids), 500):
+        session.execute(
+            update(Pledge)
+            .where(Pledge.id.in_(pledge_ids[start : start + 500]))
+            .values(version=version)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
+    """Regrade the verification of ``pledge_ids`` from their tallies; write only what changed."""
+    ids = sorted(set(pledge_ids))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        current = {
+            row.id: (row.status, row.verification)
+            for row in session.execute(
+                select(Pledge.id, Pledge.status, Pledge.verification).where(Pledge.id.in_(chunk))
+            )
+        }
+        sources: dict[str, list[SourceCount]] = defaultdict(list)
+        for row in session.execute(
+            select(SourceTally).where(SourceTally.pledge_id.in_(chunk), SourceTally.links > 0)
+        ).scalars():
+            sources[row.pledge_id].append(
+                SourceCount(row.stance, row.source_type, row.reliability, row.source_name, row.links)
+            )
+        changes = [
+            {"pid": pledge_id, "level": level}
+            for pledge_id, (status, verification) in current.items()
+            if (level := grade(status, sources.get(pledge_id, []))) != verification
+        ]
+        if changes:
+            table = Pledge.__table__
+            session.execute(
+                update(table)
+                .where(table.c.id == bindparam("pid"))
+                .values(verification=bindparam("level")),
+                changes,
+            )
+
+
+def link_out(link: EvidenceLink) -> LinkOut:
+    return LinkOut(
+        pledge_id=link.pledge_id,
+        stance=link.stance,  # type: ignore[arg-type]
+        review=link.review,  # type: ignore[arg-type]
+        review_note=link.review_note,
+        reviewed_by=link.reviewed_by,
+        reviewed_at=link.reviewed_at,
+        linked_by=link.linked_by,
+        created_at=link.created_at,
+    )
+
+
+def get_evidence(session: Session, evidence_id: int) -> EvidenceOut:
+    """One item with every link it has."""
+    evidence = session.get(Evidence, evidence_id)
+    if evidence is None:
+        raise NotFound(f"no evidence with id {evidence_id}")
+    links = _links_of(session, {evidence_id}).get(evidence_id, [])
+    return evidence_out(evidence, links)
+
+
+def evidence_out(evidence: Evidence, links: Sequence[EvidenceLink]) -> EvidenceOut:
+    return EvidenceOut(
+        id=evidence.id,
+        title=evidence.title,
+        url=evidence.url,
+        summary=evidence.summary,
+        published_at=evidence.published_at,
+        source_name=evidence.source_name,
+        source_type=evidence.source_type,  # type: ignore[arg-type]
+        reliability=evidence.reliability,  # type: ignore[arg-type]
+        content_hash=evidence.content_hash,
+        collected_by=evidence.collected_by,
+        recorded_at=evidence.recorded_at,
+        fetched_at=evidence.fetched_at,
+        links=[link_out(link) for link in links],
+    )
+
+
+def add_evidence(
+    session: Session,
+    data: EvidenceCreate,
+    *,
+    principal: Principal,
+    now: datetime,
+    tolerance: timedelta,
+) -> tuple[EvidenceOut, bool]:
+    """Add one item linked to one or more pledges; True when the item is new."""
+    draft = make_draft(data, data.links, now=now, tolerance=tolerance)
+    claim_revision(session)
+    missing = _missing_pledges(session, [draft])
+    if missing:
+        index = next(i for i, link in enumerate(draft.links) if link.pledge_id in missing)
+        raise InvalidInput(
+            f"links[{index}].pledge_id", f"no pledge with id {draft.links[index].pledge_id!r}"
+        )
+    outcome = ingest(session, [draft], principal=principal, now=now)[0]
+    return get_evidence(session, outcome.evidence_id), outcome.created
+
+
+def ingest_batch(
+    session: Session,
+    items: Sequence[Any],
+    *,
+    principal: Principal,
+    now: datetime,
+    tolerance: timedelta,
+) -> list[BatchResult]:
+    """Validate each item on its own, then ingest all valid ones in this one transaction."""
+    claim_revision(session)
+    results: list[BatchResult | None] = [None] * len(items)
+    drafts: list[Draft] = []
+    positions: list[int] = []
+    for index, raw in enumerate(items):
+        try:
+            data = EvidenceCreate.model_validate(raw)
+            drafts.append(make_draft(data, data.links, now=now, tolerance=tolerance))
+            positions.append(index)
+        except ValidationError as error:
+            results[index] = _item_problem(index, validation_errors(error))
+        except InvalidInput as error:
+            results[index] = _item_problem(index, error.errors or [])
+
+    missing = _missing_pledges(session, drafts)
+    if missing:
+        kept_drafts, kept_positions = [], []
+        for draft, index in zip(drafts, positions, strict=True):
+            bad = [i for i, link in enumerate(draft.links) if link.pledge_id in missing]
+            if bad:
+                results[index] = _item_problem(
+                    index,
+                    [
+                        {
+                            "field": f"links[{i}].pledge_id",
+                            "message": f"no pledge with id {draft.links[i].pledge_id!r}",
+                        }
+                        for i in bad
+                    ],
+                )
+            else:
+                kept_drafts.append(draft)
+                kept_positions.append(index)
+        drafts, positions = kept_drafts, kept_positions
+
+    outcomes = ingest(session, drafts, principal=principal, now=now)
+    for index, outcome in zip(positions, outcomes, strict=True):
+        results[index] = BatchResult(
+            index=index,
+            status=201 if outcome.created else 200,
+            id=outcome.evidence_id,
+            links=[link_out(link) for link in outcome.links],
+        )
+    return [result for result in results if result is not None]
+
+
+def validation_errors(error: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors as ``{"field", "message"}`` with a dotted, indexed field path."""
+    out = []
+    for item in error.errors(include_url=False, include_input=False):
+        out.append({"field": field_path(item["loc"]) or "(item)", "message": item["msg"]})
+    return out
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _item_problem(index: int, errors: list[dict[str, Any]]) -> BatchResult:
+    fields = ", ".join(e["field"] for e in errors)
+    return BatchResult(
+        index=index,
+        status=422,
+        problem=BatchProblem(
+            title="Invalid input",
+            detail=f"item {index} is invalid: {fields}" if fields else f"item {index} is invalid",
+            errors=errors,
+        ),
+    )
+
+
+def pledge_evidence(
+    session: Session, pledge_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[PledgeEvidenceOut], str | None]:
+    """A pledge's linked evidence, newest ``published_at`` first."""
+    if session.get(Pledge, pledge_id) is None:
+        raise NotFound(f"no pledge with id {pledge_id!r}")
+    after = decode_cursor(cursor, 2)
+    query = (
+        select(EvidenceLink, Evidence)
+        .join(Evidence, Evidence.id == EvidenceLink.evidence_id)
+        .where(EvidenceLink.pledge_id == pledge_id)
+    )
+    if after is not None:
+        published, evidence_id = _parse_time(after[0]), int(after[1])
+        query = query.where(
+            or_(
+                EvidenceLink.published_at < published,
+                and_(
+                    EvidenceLink.published_at == published,
+                    EvidenceLink.evidence_id < evidence_id,
+                ),
+            )
+        )
+    rows = session.execute(
+        query.order_by(EvidenceLink.published_at.desc(), EvidenceLink.evidence_id.desc()).limit(
+            limit + 1
+        )
+    ).all()
+    items = [
+        PledgeEvidenceOut(
+            id=evidence.id,
+            title=evidence.title,
+            url=evidence.url,
+            summary=evidence.summary,
+            published_at=evidence.published_at,
+            source_name=evidence.source_name,
+            source_type=evidence.source_type,  # type: ignore[arg-type]
+            reliability=evidence.reliability,  # type: ignore[arg-type]
+            stance=link.stance,  # type: ignore[arg-type]
+            review=link.review,  # type: ignore[arg-type]
+            recorded_at=evidence.recorded_at,
+        )
+        for link, evidence in rows[:limit]
+    ]
+    next_cursor = None
+    if len(rows) > limit:
+        last_link = rows[limit - 1][0]
+        next_cursor = encode_cursor(last_link.published_at.isoformat(), last_link.evidence_id)
+    return items, next_cursor
+
+
+def _parse_time(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise InvalidInput("cursor", "is not a cursor this service gave out") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput("cursor", "is not a cursor this service gave out")
+    return parsed
+
+
+def review_link(
+    session: Session,
+    evidence_id: int,
+    *,
+    pledge_id: str,
+    review: str,
+    note: str | None,
+    principal: Principal,
+    now: datetime,
+) -> LinkOut:
+    """Accept or reject how one item bears on one pledge, and regrade the pledge."""
+    claim_revision(session)
+    if session.get(Evidence, evidence_id) is None:
+        raise NotFound(f"no evidence with id {evidence_id}")
+    link = session.scalars(
+        select(EvidenceLink).where(
+            EvidenceLink.evidence_id == evidence_id, EvidenceLink.pledge_id == pledge_id
+        )
+    ).one_or_none()
+    if link is None:
+        raise InvalidInput("pledge_id", f"evidence {evidence_id} is not linked to {pledge_id!r}")
+    if link.review == review and link.review_note == note:
+        return link_out(link)
+
+    previous = link.review
+    link.review = review
+    link.review_note = note
+    link.reviewed_by = principal.actor
+    link.reviewed_at = now
+    session.flush()
+    if previous != review:
+        evidence = session.get_one(Evidence, evidence_id)
+        key = (pledge_id, link.stance, evidence.source_type, evidence.reliability, evidence.source_name)
+        if previous == "accepted":
+            _add_to_tallies(session, {key: -1})
+        if review == "accepted":
+            _add_to_tallies(session, {key: 1})
+        _recount(session, pledge_id)
+        refresh_verification(session, [pledge_id])
+    _stamp_versions(session, [pledge_id])
+    publish_revision(session)
+    return link_out(link)
+
+
+def _recount(session: Session, pledge_id: str) -> None:
+    """Recount one pledge's accepted and unreviewed links (an index range, not a table scan)."""
+    accepted = session.execute(
+        select(func.count(), func.max(EvidenceLink.published_at)).where(
+            EvidenceLink.pledge_id == pledge_id, EvidenceLink.review == "accepted"
+        )
+    ).one()
+    unreviewed = session.scalar(
+        select(func.count()).where(
+            EvidenceLink.pledge_id == pledge_id, EvidenceLink.review == "unreviewed"
+        )
+    )
+    session.execute(
+        update(Pledge)
+        .where(Pledge.id == pledge_id)
+        .values(
+            evidence_count=accepted[0],
+            last_evidence_at=accepted[1],
+            unreviewed_count=unreviewed or 0,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def review_queue(
+    session: Session, *, limit: int, cursor: str | None
+) -> tuple[list[QueueItem], str | None]:
+    """Unreviewed links, oldest first."""
+    after = decode_cursor(cursor, 1)
+    query = (
+        select(EvidenceLink, Evidence)
+        .join(Evidence, Evidence.id == EvidenceLink.evidence_id)
+        .where(EvidenceLink.review == "unreviewed")
+    )
+    if after is not None:
+        query = query.where(EvidenceLink.id > int(after[0]))
+    rows = session.execute(query.order_by(EvidenceLink.id).limit(limit + 1)).all()
+    items = [
+        QueueItem(
+            evidence_id=evidence.id,
+            pledge_id=link.pledge_id,
+            stance=link.stance,  # type: ignore[arg-type]
+            linked_by=link.linked_by,
+            created_at=link.created_at,
+            title=evidence.title,
+            url=evidence.url,
+            published_at=evidence.published_at,
+            source_name=evidence.source_name,
+            source_type=evidence.source_type,  # type: ignore[arg-type]
+            reliability=evidence.reliability,  # type: ignore[arg-type]
+        )
+        for link, evidence in rows[:limit]
+    ]
+    next_cursor = encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
+    return items, next_cursor
+
+
+def evidence_in_pledge(session: Session, pledge_id: str, evidence_ids: Sequence[int]) -> None:
+    """Raise InvalidInput naming the first of ``evidence_ids`` not linked to the pledge."""
+    if not evidence_ids:
+        return
+    linked = set(
+        session.scalars(
+            select(EvidenceLink.evidence_id).where(
+                EvidenceLink.pledge_id == pledge_id, EvidenceLink.evidence_id.in_(evidence_ids)
+            )
+        )
+    )
+    for index, evidence_id in enumerate(evidence_ids):
+        if evidence_id not in linked:
+            raise InvalidInput(
+                f"evidence_ids[{index}]", f"evidence {evidence_id} is not linked to {pledge_id!r}"
+            )

@@ -1,0 +1,174 @@
+"""HTTP for status history, status changes and the dashboard view."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from app.clock import Clock
+from app.deps import Analyst, ClockDep, Reader, SessionDep, SettingsDep
+from app.domain.pledges.router import Cursor, Filters, Limit, PledgeId, etag_of
+from app.domain.status import service
+from app.domain.status.revision import current_revision
+from app.domain.status.schemas import StatusChangeIn, StatusChangeOut, StatusQuery, StatusView
+from app.domain.status.view_cache import StatusViewCache, status_etag
+from app.errors import InvalidInput
+from app.metrics import STATUS_CACHE, STATUS_CHANGES
+from app.pagination import Page
+from app.problems import READ_ERRORS, WRITE_ERRORS, problems
+
+router = APIRouter(tags=["status"])
+
+Instant = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="A date (YYYY-MM-DD, meaning the end of that day, UTC) or an RFC 3339 datetime.",
+    ),
+]
+
+
+def parse_instant(value: str | None, field: str, clock: Clock, tolerance: timedelta) -> datetime | None:
+    """A query instant: a date means its last moment (so that day's changes count).
+
+    It is not clamped to now here, so the same query keeps the same ETag; the
+    service reads "later than now" as now.
+    """
+    if value is None:
+        return None
+    now = clock.now()
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            if day > (now + tolerance).date():
+                raise InvalidInput(field, "must not be in the future")
+            return datetime.combine(day, time.max, tzinfo=UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an RFC 3339 datetime") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    parsed = parsed.astimezone(UTC)
+    if parsed > now + tolerance:
+        raise InvalidInput(field, "must not be in the future")
+    if parsed.year < 1900:
+        raise InvalidInput(field, "must not be before 1900-01-01")
+    return parsed
+
+
+@router.get(
+    "/pledges/{pledge_id}/history",
+    response_model=Page[StatusChangeOut],
+    responses=problems(*READ_ERRORS, 404),
+)
+def history(
+    pledge_id: PledgeId,
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    _: Reader,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    known_at: Instant = None,
+) -> Page[StatusChangeOut]:
+    """Status changes, oldest ``effective_at`` first. ``known_at`` shows the history as it was
+    recorded by then."""
+    tolerance = timedelta(seconds=settings.future_tolerance_seconds)
+    items, next_cursor = service.history(
+        session,
+        pledge_id,
+        limit=limit,
+        cursor=cursor,
+        known_at=parse_instant(known_at, "known_at", clock, tolerance),
+    )
+    return Page[StatusChangeOut](items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/pledges/{pledge_id}/status",
+    status_code=201,
+    response_model=StatusChangeOut,
+    responses=problems(*WRITE_ERRORS, 404, 412),
+)
+def change_status(
+    pledge_id: PledgeId,
+    body: StatusChangeIn,
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    principal: Analyst,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(description="The pledge's ETag you last saw; 412 if it is stale.")
+    ] = None,
+) -> StatusChangeOut:
+    """Record an assessment. ``409`` when it is no change, or leaves kept/broken without
+    ``reopen``; ``412`` when ``If-Match`` is stale."""
+    change = service.change_status(
+        session,
+        pledge_id,
+        body,
+        principal=principal,
+        if_match=if_match,
+        now=clock.now(),
+        tolerance=timedelta(seconds=settings.future_tolerance_seconds),
+    )
+    STATUS_CHANGES.labels(change.to_status).inc()
+    version = session.info.get("pledgewatch.revision")
+    if version is not None:
+        response.headers["ETag"] = etag_of(int(version))
+    response.headers["Location"] = f"/api/v1/pledges/{pledge_id}/history"
+    return service.change_out(change)
+
+
+@router.get(
+    "/status",
+    response_model=StatusView,
+    responses=problems(304, *READ_ERRORS),
+)
+def status_view(
+    request: Request,
+    session: SessionDep,
+    clock: ClockDep,
+    settings: SettingsDep,
+    _: Reader,
+    filters: Filters,
+    as_of: Instant = None,
+    known_at: Instant = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Every pledge's status for dashboards, now or as of a past moment (``as_of``: what was true
+    then; ``known_at``: what had been recorded by then). Send ``If-None-Match`` to get ``304``."""
+    tolerance = timedelta(seconds=settings.future_tolerance_seconds)
+    query = StatusQuery(
+        status=filters.status,
+        kind=filters.kind,
+        topic=filters.topic,
+        party=filters.party,
+        q=filters.q,
+        as_of=parse_instant(as_of, "as_of", clock, tolerance),
+        known_at=parse_instant(known_at, "known_at", clock, tolerance),
+    )
+    now = clock.now()
+    revision = current_revision(session)
+    etag = status_etag(revision, now.date(), query)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and etag in {
+        tag.strip().removeprefix("W/") for tag in if_none_match.split(",")
+    }:
+        STATUS_CACHE.labels("not_modified").inc()
+        return Response(status_code=304, headers=headers)
+    cache: StatusViewCache = request.app.state.status_cache
+    # A past as_of/known_at of whole seconds is stable; "now" is pinned by the revision.
+    body = cache.get(etag)
+    if body is None:
+        STATUS_CACHE.labels("built").inc()
+        view = service.dashboard(session, query, now=now, revision=revision)
+        body = view.model_dump_json().encode()
+        cache.put(etag, body)
+    else:
+        STATUS_CACHE.labels("cached").inc()
+    return Response(body, media_type="application/json", headers=headers)

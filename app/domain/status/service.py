@@ -1,0 +1,397 @@
+"""Status: the append-only history, changes by analysts, and the dashboard view."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from app.domain.evidence.models import Evidence, EvidenceLink
+from app.domain.evidence.service import evidence_in_pledge, refresh_verification
+from app.domain.evidence.verification import SourceCount, grade
+from app.domain.keys.service import Principal
+from app.domain.pledges.models import Pledge
+from app.domain.pledges.service import (
+    FINAL_STATUSES,
+    bump_version,
+    check_if_match,
+    filter_pledges,
+    get_pledge,
+    is_overdue,
+    start_of,
+)
+from app.domain.status.models import StatusChange
+from app.domain.status.revision import claim_revision, current_revision, publish_revision
+from app.domain.status.schemas import (
+    StatusChangeIn,
+    StatusChangeOut,
+    StatusQuery,
+    StatusRow,
+    StatusView,
+)
+from app.errors import Conflict, InvalidInput
+from app.pagination import decode_cursor, encode_cursor
+
+STATUSES = ("not_yet_rated", "in_progress", "stalled", "compromise", "kept", "broken")
+_LATEST_FIRST = (
+    StatusChange.effective_at.desc(),
+    StatusChange.recorded_at.desc(),
+    StatusChange.id.desc(),
+)
+
+
+def start_history(session: Session, pledge: Pledge, *, actor: str, now: datetime) -> StatusChange:
+    """The first entry of every history: ``not_yet_rated`` from the day the pledge was made."""
+    change = StatusChange(
+        pledge_id=pledge.id,
+        from_status=None,
+        to_status="not_yet_rated",
+        effective_at=start_of(pledge.made_on),
+        recorded_at=now,
+        actor=actor,
+        reason="Pledge recorded; not yet rated.",
+        evidence_ids=[],
+    )
+    session.add(change)
+    session.flush()
+    return change
+
+
+def status_at(session: Session, pledge_id: str, at: datetime) -> str | None:
+    """The status in force at ``at``, by what is recorded now."""
+    return session.scalar(
+        select(StatusChange.to_status)
+        .where(StatusChange.pledge_id == pledge_id, StatusChange.effective_at <= at)
+        .order_by(*_LATEST_FIRST)
+        .limit(1)
+    )
+
+
+def change_status(
+    session: Session,
+    pledge_id: str,
+    data: StatusChangeIn,
+    *,
+    principal: Principal,
+    if_match: str | None,
+    now: datetime,
+    tolerance: timedelta,
+) -> StatusChange:
+    """Append a status change, honouring ``If-Match``, and bring the pledge's current state up to date.
+
+    A change may be backdated (``effective_at``) but never to before the pledge
+    was made nor into the future; it is compared with the status in force at
+    its ``effective_at``. Leaving ``kept`` or ``broken`` needs ``reopen``.
+    """
+    claim_revision(session)
+    pledge = get_pledge(session, pledge_id, with_lists=False)
+    expected = check_if_match(pledge, if_match)
+    effective_at = data.effective_at or now
+    if effective_at > now + tolerance:
+        raise InvalidInput("effective_at", "must not be in the future")
+    effective_at = min(effective_at, now)
+    if effective_at < start_of(pledge.made_on):
+        raise InvalidInput(
+            "effective_at", f"must not be before the pledge was made ({pledge.made_on})"
+        )
+    evidence_in_pledge(session, pledge_id, data.evidence_ids)
+    from_status = status_at(session, pledge_id, effective_at)
+    if from_status == data.status:
+        raise Conflict(f"the pledge is already {data.status} at {effective_at.isoformat()}")
+    if from_status in FINAL_STATUSES and not data.reopen:
+        raise Conflict(
+            f"the pledge is {from_status}, a final status; send \"reopen\": true to leave it"
+        )
+    change = StatusChange(
+        pledge_id=pledge_id,
+        from_status=from_status,
+        to_status=data.status,
+        effective_at=effective_at,
+        recorded_at=now,
+        actor=principal.actor,
+        reason=data.reason,
+        evidence_ids=list(data.evidence_ids),
+    )
+    session.add(change)
+    session.flush()
+    latest = session.execute(
+        select(StatusChange.to_status, StatusChange.effective_at)
+        .where(StatusChange.pledge_id == pledge_id)
+        .order_by(*_LATEST_FIRST)
+        .limit(1)
+    ).one()
+    pledge.status = latest.to_status
+    pledge.status_since = latest.effective_at
+    session.flush()
+    refresh_verification(session, [pledge_id])
+    bump_version(session, pledge, expected)
+    publish_revision(session)
+    return change
+
+
+def change_out(change: StatusChange) -> StatusChangeOut:
+    return StatusChangeOut(
+        id=change.id,
+        pledge_id=change.pledge_id,
+        from_status=change.from_status,  # type: ignore[arg-type]
+        to_status=change.to_status,  # type: ignore[arg-type]
+        effective_at=change.effective_at,
+        recorded_at=change.recorded_at,
+        actor=change.actor,
+        reason=change.reason,
+        evidence_ids=list(change.evidence_ids),
+    )
+
+
+def history(
+    session: Session,
+    pledge_id: str,
+    *,
+    limit: int,
+    cursor: str | None,
+    known_at: datetime | None = None,
+) -> tuple[list[StatusChangeOut], str | None]:
+    """A pledge's status changes, oldest ``effective_at`` first; ``known_at`` hides later records."""
+    get_pledge(session, pledge_id, with_lists=False)
+    query = select(StatusChange).where(StatusChange.pledge_id == pledge_id)
+    if known_at is not None:
+        query = query.where(StatusChange.recorded_at <= known_at)
+    after = decode_cursor(cursor, 3)
+    if after is not None:
+        effective, recorded, change_id = _time(after[0]), _time(after[1]), int(after[2])
+        query = query.where(
+            or_(
+                StatusChange.effective_at > effective,
+                and_(StatusChange.effective_at == effective, StatusChange.recorded_at > recorded),
+                and_(
+                    StatusChange.effective_at == effective,
+                    StatusChange.recorded_at == recorded,
+                    StatusChange.id > change_id,
+                ),
+            )
+        )
+    rows = session.scalars(
+        query.order_by(
+            StatusChange.effective_at, StatusChange.recorded_at, StatusChange.id
+        ).limit(limit + 1)
+    ).all()
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(
+            last.effective_at.isoformat(), last.recorded_at.isoformat(), last.id
+        )
+    return [change_out(row) for row in rows[:limit]], next_cursor
+
+
+def _time(value: object) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise InvalidInput("cursor", "is not a cursor this service gave out") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput("cursor", "is not a cursor this service gave out")
+    return parsed
+
+
+def dashboard(
+    session: Session, query: StatusQuery, *, now: datetime, revision: int | None = None
+) -> StatusView:
+    """The status of every pledge (filtered), now or as of a past moment.
+
+    The present is read from the pledges' kept current state and costs the same
+    however long the history grows. A past moment is one index seek per pledge
+    into the status history.
+    """
+    if revision is None:
+        revision = current_revision(session)
+    as_of = min(query.as_of or now, now)
+    known_at = min(query.known_at or now, now)
+    rows = (
+        _current_rows(session, query, now=now)
+        if query.as_of is None and query.known_at is None
+        else _past_rows(session, query, as_of=as_of, known_at=known_at)
+    )
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        counts[row.status] += 1
+    return StatusView(
+        generated_at=now,
+        as_of=as_of,
+        known_at=known_at,
+        revision=revision,
+        counts=counts,  # type: ignore[arg-type]
+        pledges=rows,
+    )
+
+
+def _current_rows(session: Session, query: StatusQuery, *, now: datetime) -> list[StatusRow]:
+    statement = filter_pledges(
+        select(
+            Pledge.id,
+            Pledge.title,
+            Pledge.kind,
+            Pledge.status,
+            Pledge.status_since,
+            Pledge.verification,
+            Pledge.evidence_count,
+            Pledge.last_evidence_at,
+            Pledge.due_on,
+            Pledge.made_on,
+            Pledge.review_every_days,
+        ),  # type: ignore[arg-type]
+        status=query.status,
+        kind=query.kind,
+        topic=query.topic,
+        party=query.party,
+        q=query.q,
+    ).order_by(Pledge.id)
+    today = now.date()
+    return [
+        StatusRow(
+            id=row.id,
+            title=row.title,
+            kind=row.kind,
+            status=row.status,
+            status_since=row.status_since,
+            verification=row.verification,
+            evidence_count=row.evidence_count,
+            last_evidence_at=row.last_evidence_at,
+            overdue=is_overdue(
+                status=row.status,
+                last_evidence_at=row.last_evidence_at,
+                made_on=row.made_on,
+                review_every_days=row.review_every_days,
+                today=today,
+            ),
+            due_on=row.due_on,
+        )
+        for row in session.execute(statement)
+    ]
+
+
+def _past_rows(
+    session: Session, query: StatusQuery, *, as_of: datetime, known_at: datetime
+) -> list[StatusRow]:
+    latest_change = (
+        select(StatusChange.id)
+        .where(
+            StatusChange.pledge_id == Pledge.id,
+            StatusChange.effective_at <= as_of,
+            StatusChange.recorded_at <= known_at,
+        )
+        .order_by(*_LATEST_FIRST)
+        .limit(1)
+        .correlate(Pledge)
+        .scalar_subquery()
+    )
+    dated_links = and_(
+        EvidenceLink.pledge_id == Pledge.id,
+        EvidenceLink.review == "accepted",
+        EvidenceLink.published_at <= as_of,
+        EvidenceLink.created_at <= known_at,
+    )
+    accepted_count = (
+        select(func.count()).where(dated_links).correlate(Pledge).scalar_subquery()
+    )
+    last_evidence = (
+        select(func.max(EvidenceLink.published_at))
+        .where(dated_links)
+        .correlate(Pledge)
+        .scalar_subquery()
+    )
+    pledges = filter_pledges(
+        select(
+            Pledge.id,
+            Pledge.title,
+            Pledge.kind,
+            Pledge.due_on,
+            Pledge.made_on,
+            Pledge.review_every_days,
+            latest_change.label("change_id"),
+            accepted_count.label("accepted"),
+            last_evidence.label("last_evidence_at"),
+        ).where(Pledge.created_at <= known_at),  # type: ignore[arg-type]
+        kind=query.kind,
+        topic=query.topic,
+        party=query.party,
+        q=query.q,
+    ).order_by(Pledge.id)
+    pledge_rows = [row for row in session.execute(pledges) if row.change_id is not None]
+    change_ids = [row.change_id for row in pledge_rows]
+    changes: dict[int, tuple[str, datetime]] = {}
+    for start in range(0, len(change_ids), 500):
+        for change in session.execute(
+            select(StatusChange.id, StatusChange.to_status, StatusChange.effective_at).where(
+                StatusChange.id.in_(change_ids[start : start + 500])
+            )
+        ):
+            changes[change.id] = (change.to_status, change.effective_at)
+    sources = _sources_as_of(session, [row.id for row in pledge_rows], as_of, known_at)
+    result = []
+    for row in pledge_rows:
+        status, since = changes[row.change_id]
+        if query.status is not None and status != query.status:
+            continue
+        result.append(
+            StatusRow(
+                id=row.id,
+                title=row.title,
+                kind=row.kind,
+                status=status,  # type: ignore[arg-type]
+                status_since=since,
+                verification=grade(status, sources.get(row.id, [])),  # type: ignore[arg-type]
+                evidence_count=row.accepted,
+                last_evidence_at=row.last_evidence_at,
+                overdue=is_overdue(
+                    status=status,
+                    last_evidence_at=row.last_evidence_at,
+                    made_on=row.made_on,
+                    review_every_days=row.review_every_days,
+                    today=as_of.date(),
+                ),
+                due_on=row.due_on,
+            )
+        )
+    return result
+
+
+def _sources_as_of(
+    session: Session, pledge_ids: Sequence[str], as_of: datetime, known_at: datetime
+) -> dict[str, list[SourceCount]]:
+    sources: dict[str, list[SourceCount]] = defaultdict(list)
+    if not pledge_ids:
+        return sources
+    statement = (
+        select(
+            EvidenceLink.pledge_id,
+            EvidenceLink.stance,
+            Evidence.source_type,
+            Evidence.reliability,
+            Evidence.source_name,
+            func.count().label("links"),
+        )
+        .join(Evidence, Evidence.id == EvidenceLink.evidence_id)
+        .where(
+            EvidenceLink.review == "accepted",
+            EvidenceLink.published_at <= as_of,
+            EvidenceLink.created_at <= known_at,
+        )
+        .group_by(
+            EvidenceLink.pledge_id,
+            EvidenceLink.stance,
+            Evidence.source_type,
+            Evidence.reliability,
+            Evidence.source_name,
+        )
+    )
+    wanted = set(pledge_ids)
+    for row in session.execute(statement):
+        if row.pledge_id in wanted:
+            sources[row.pledge_id].append(
+                SourceCount(row.stance, row.source_type, row.reliability, row.source_name, row.links)
+            )
+    return sources

@@ -1,0 +1,73 @@
+"""Domain errors carry their HTTP status; one place renders them as problem+json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """A rule of the service was not met. Rendered as RFC 9457 problem details."""
+
+    status: int = 400
+    title: str = "Bad request"
+    type_suffix: str = "bad-request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return f"https://pledgewatch.dev/problems/{self.type_suffix}"
+
+
+class NotFound(DomainError):
+    status = 404
+    title = "Not found"
+    type_suffix = "not-found"
+
+
+class Conflict(DomainError):
+    status = 409
+    title = "Conflict"
+    type_suffix = "conflict"
+
+
+class PreconditionFailed(DomainError):
+    status = 412
+    title = "Precondition failed"
+    type_suffix = "precondition-failed"
+
+
+class InvalidInput(DomainError):
+    status = 422
+    title = "Invalid input"
+    type_suffix = "validation"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            f"{field}: {message}", errors=[{"field": field, "message": message}]
+        )
+
+
+class Unauthorized(DomainError):
+    status = 401
+    title = "Unauthorized"
+    type_suffix = "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(DomainError):
+    status = 403
+    title = "Forbidden"
+    type_suffix = "forbidden"

@@ -1,0 +1,172 @@
+"""RFC 9457 problem details: the one way errors leave the service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.errors import DomainError
+
+PROBLEM_JSON = "application/problem+json"
+_BASE = "https://pledgewatch.dev/problems/"
+log = logging.getLogger("pledgewatch.errors")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    errors: Sequence[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = Problem(
+        type=_BASE + slug,
+        title=title,
+        status=status,
+        detail=detail,
+        errors=[FieldError(**e) for e in errors] if errors is not None else None,
+    )
+    return Response(
+        body.model_dump_json(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _field(loc: Sequence[int | str]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        source = parts.pop(0)
+        if not parts:
+            return "body" if source == "body" else source
+        if source == "header":
+            return str(parts[0])
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
+    return path
+
+
+def _validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    malformed = False
+    for item in exc.errors():
+        if item.get("type") == "json_invalid":
+            malformed = True
+            ctx = item.get("ctx") or {}
+            message = f"is not valid JSON: {ctx.get('error', 'malformed')}"
+            errors.append({"field": "body", "message": message})
+            continue
+        message = str(item.get("msg", "is invalid"))
+        if item.get("type") == "extra_forbidden":
+            message = "is not a field of this request"
+        errors.append({"field": _field(item.get("loc", ())) or "body", "message": message})
+    if malformed:
+        return problem_response(
+            400, "Malformed JSON", "the request body is not valid JSON",
+            slug="malformed-json", errors=errors,
+        )
+    fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
+    return problem_response(
+        422, "Invalid input", f"invalid: {fields}", slug="validation", errors=errors
+    )
+
+
+def _domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return problem_response(
+        exc.status,
+        exc.title,
+        exc.detail,
+        slug=exc.type_suffix,
+        errors=exc.errors,
+        headers=exc.headers or None,
+    )
+
+
+def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed"}
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"nothing is served at {request.url.path}"
+    return problem_response(
+        exc.status_code,
+        titles.get(exc.status_code, "Request refused"),
+        detail,
+        slug=f"http-{exc.status_code}",
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(
+        500,
+        "Internal error",
+        "the service failed; the request id in X-Request-ID identifies it in the logs",
+        slug="internal",
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(DomainError, _domain)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+_DESCRIPTIONS = {
+    304: "Not modified: the ETag given in If-None-Match is current.",
+    400: "Malformed JSON.",
+    401: "No API key, or an unknown one (WWW-Authenticate: Bearer).",
+    403: "The API key's role is too low.",
+    404: "No such id.",
+    409: "Conflict (an id that exists, a status change that is not one, "
+    "or an Idempotency-Key still in progress).",
+    412: "If-Match names a version that is no longer current.",
+    413: "The request body is over 1 MiB.",
+    422: "Invalid input: each bad field is named in errors.",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors a route can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        if code == 304:
+            out[code] = {"description": _DESCRIPTIONS[code]}
+            continue
+        out[code] = {
+            "description": _DESCRIPTIONS[code],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    return out
+
+
+READ_ERRORS = (400, 401, 403, 422)
+WRITE_ERRORS = (400, 401, 403, 409, 413, 422)

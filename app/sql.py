@@ -1,0 +1,26 @@
+"""Small portable SQL helpers for the two databases we support."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_or_ignore(session: Session, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's database.
+
+    Both SQLite and PostgreSQL skip a row that would break any unique
+    constraint, which is how concurrent posts of one item become one row.
+    """
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
+
+
+def upsert(session: Session, table: Any) -> Any:
+    """A dialect ``insert`` whose ``on_conflict_do_update`` the caller completes."""
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table)
