@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from app.clock import SystemClock
 from app.config import get_settings
@@ -71,7 +72,7 @@ def keys_create(
         with database.transaction() as session:
             secret = create_key(session, name=name, role=role, now=SystemClock().now())
     except DomainError as error:
-        err.print(f"[red]{error.detail}[/red]")
+        err.print(f"[red]{escape(error.detail)}[/red]")
         raise typer.Exit(2) from None
     finally:
         database.dispose()
@@ -88,7 +89,10 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    err.print(f"serving on http://{host}:{port}  (docs at /docs, database {_safe_url(settings.database_url)})")
+    err.print(
+        f"serving on http://{escape(host)}:{port}  "
+        f"(docs at /docs, database {escape(_safe_url(settings.database_url))})"
+    )
     uvicorn.run(
         "app.asgi:app",
         host=host,

@@ -63,9 +63,7 @@ def is_sqlite(url: str) -> bool:
 def build_engine(url: str, *, pool_size: int = 10) -> Engine:
     """Make the engine for ``url``, with the SQLite settings a concurrent server needs."""
     if not is_sqlite(url):
-        return create_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-        )
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
     engine = create_engine(
         url,

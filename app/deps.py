@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,6 +13,7 @@ from app.config import Settings
 from app.db import Database
 from app.domain.keys.service import ANONYMOUS, Principal, authenticate
 from app.errors import Forbidden, Unauthorized
+from app.gates import DatabaseGates
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -32,7 +33,16 @@ def get_clock(request: Request) -> Clock:
     return clock
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def admitted(request: Request) -> AsyncIterator[None]:
+    """Wait, without holding a thread, until this request may use the database."""
+    gates: DatabaseGates = request.app.state.gates
+    async with gates.admit(write=request.method not in _READ_METHODS):
+        yield
+
+
+def get_session(
+    request: Request, _: Annotated[None, Depends(admitted, scope="function")]
+) -> Iterator[Session]:
     """One transaction per request: committed when the handler returns, else rolled back.
 
     Used with ``scope="function"`` so the commit happens before the response is

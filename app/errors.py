@@ -53,9 +53,7 @@ class InvalidInput(DomainError):
     type_suffix = "validation"
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(
-            f"{field}: {message}", errors=[{"field": field, "message": message}]
-        )
+        super().__init__(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
 class Unauthorized(DomainError):

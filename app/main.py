@@ -17,6 +17,7 @@ from app.domain.evidence.router import router as evidence_router
 from app.domain.pledges.router import router as pledges_router
 from app.domain.status.router import router as status_router
 from app.domain.status.view_cache import StatusViewCache
+from app.gates import DatabaseGates
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
 from app.migrate import head_revision
@@ -38,7 +39,8 @@ Reads are public unless `PLEDGEWATCH_PUBLIC_READ=false`.
 answer (`Idempotent-Replayed: true`), another body with the same key is `422`, and a retry while
 the first is still running is `409`.
 
-**Lists** answer `{"items": [...], "next_cursor": ...}`; pass `cursor=<next_cursor>` for the next page.
+**Lists** answer `{"items": [...], "next_cursor": ...}`; pass `cursor=<next_cursor>` for the
+next page.
 """
 
 
@@ -59,6 +61,10 @@ def create_app(
         app.state.clock = clock or SystemClock()
         app.state.database = database or Database(
             settings.database_url, pool_size=settings.db_pool_size
+        )
+        app.state.gates = DatabaseGates(
+            connections=settings.db_pool_size * 2,
+            single_writer=app.state.database.dialect == "sqlite",
         )
         app.state.schema_head = head_revision()
         app.state.status_cache = StatusViewCache(settings.status_cache_entries)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import fastapi.routing
 from sqlalchemy import delete
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,7 +26,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestContextMiddleware:
-    """Gives every request an id (kept from ``X-Request-ID`` when sane), logs one line, counts it."""
+    """Gives every request an id (``X-Request-ID`` when sane), logs one line, counts it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -55,8 +56,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = _route_template(scope)
             REQUESTS.labels(scope["method"], template, str(status)).inc()
             REQUEST_LATENCY.labels(scope["method"], template).observe(elapsed)
             log.info(
@@ -70,6 +70,24 @@ class RequestContextMiddleware:
                     "actor": scope.get("state", {}).get("actor"),
                 },
             )
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's full path template (``/api/v1/pledges/{pledge_id}``), or "unmatched".
+
+    Metrics are labelled with it, never with the concrete path, so that their number stays
+    bounded. FastAPI >= 0.16x keeps included routes as they were declared (without the
+    router's prefix) in ``scope["route"]``; the prefixed template comes from the app's routes.
+    """
+    route = scope.get("route")
+    if route is None:
+        return "unmatched"
+    iter_route_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if iter_route_contexts is not None and "app" in scope:
+        for context in iter_route_contexts(scope["app"].routes):
+            if context.original_route is route and context.path_format:
+                return str(context.path_format)
+    return str(getattr(route, "path", None) or "unmatched")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -160,7 +178,12 @@ class IdempotencyMiddleware:
                 "Invalid input",
                 "Idempotency-Key must be 1 to 255 printable ASCII characters",
                 slug="validation",
-                errors=[{"field": "Idempotency-Key", "message": "must be 1 to 255 printable ASCII characters"}],
+                errors=[
+                    {
+                        "field": "Idempotency-Key",
+                        "message": "must be 1 to 255 printable ASCII characters",
+                    }
+                ],
             )(scope, receive, send)
             return
 
@@ -181,7 +204,11 @@ class IdempotencyMiddleware:
         credential = _header(scope, b"authorization") or ""
         record_scope = hashlib.sha256(credential.encode("latin-1")).hexdigest()
         digest = hashlib.sha256()
-        for part in (scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")):
+        for part in (
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+        ):
             digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
         digest.update(body)
         request_hash = digest.hexdigest()
@@ -214,7 +241,9 @@ class IdempotencyMiddleware:
                 session.expunge(record)
                 return record
 
-        blocking = await anyio.to_thread.run_sync(claim)
+        gates = state.gates
+        async with gates.admit(write=True):
+            blocking = await anyio.to_thread.run_sync(claim)
         if blocking is not None:
             await self._answer_blocked(blocking, request_hash, scope, receive, send)
             return
@@ -261,8 +290,9 @@ class IdempotencyMiddleware:
                     record.response_headers = captured_headers
                     record.response_body = b"".join(chunks)
 
-            await anyio.to_thread.run_sync(finish)
-            await self._maybe_purge(database, now - ttl)
+            async with gates.admit(write=True):
+                await anyio.to_thread.run_sync(finish)
+            await self._maybe_purge(gates, database, now - ttl)
 
     async def _answer_blocked(
         self,
@@ -278,7 +308,9 @@ class IdempotencyMiddleware:
                 "Idempotency-Key reused",
                 "this Idempotency-Key was used with a different request; use a new key",
                 slug="idempotency-key-reused",
-                errors=[{"field": "Idempotency-Key", "message": "was used with a different request"}],
+                errors=[
+                    {"field": "Idempotency-Key", "message": "was used with a different request"}
+                ],
             )
         elif record.state != "done" or record.response_status is None:
             response = problem_response(
@@ -289,16 +321,24 @@ class IdempotencyMiddleware:
                 headers={"Retry-After": "1"},
             )
         else:
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in record.response_headers or []]
+            headers = [
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in record.response_headers or []
+            ]
             body = record.response_body or b""
             headers.append((b"content-length", str(len(body)).encode()))
             headers.append((b"idempotent-replayed", b"true"))
-            await send({"type": "http.response.start", "status": record.response_status, "headers": headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": record.response_status,
+                    "headers": headers,
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await response(scope, receive, send)
 
-    async def _maybe_purge(self, database: Database, before: Any) -> None:
+    async def _maybe_purge(self, gates: Any, database: Database, before: Any) -> None:
         # Expired keys are swept at most once a minute per process, off the request path's locks.
         if time.monotonic() - self._last_purge < 60:
             return
@@ -306,9 +346,9 @@ class IdempotencyMiddleware:
 
         def purge() -> None:
             with database.transaction() as session:
-                session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < before))
+                session.execute(
+                    delete(IdempotencyRecord).where(IdempotencyRecord.created_at < before)
+                )
 
-        await anyio.to_thread.run_sync(purge)
-
-
-
+        async with gates.admit(write=True):
+            await anyio.to_thread.run_sync(purge)

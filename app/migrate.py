@@ -8,7 +8,21 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _project_root() -> Path:
+    """Where ``alembic.ini`` and ``migrations/`` are.
+
+    In a checkout (or an editable install) they sit next to the ``app`` package. A
+    regular install (``pip install .``, the Docker image) puts only ``app`` in
+    site-packages, so then they are looked for in the working directory.
+    """
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "alembic.ini").is_file() and (candidate / "migrations").is_dir():
+            return candidate
+    return Path(__file__).resolve().parent.parent
+
+
+ROOT = _project_root()
 
 
 def alembic_config(url: str) -> Config:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from app.errors import DomainError
 
@@ -61,13 +62,13 @@ def _field(loc: Sequence[int | str]) -> str:
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         source = parts.pop(0)
         if not parts:
-            return "body" if source == "body" else source
+            return str(source)
         if source == "header":
             return str(parts[0])
     path = ""
     for part in parts:
         path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
-    return path
+    return str(path)
 
 
 def _validation(request: Request, exc: Exception) -> Response:
@@ -87,8 +88,11 @@ def _validation(request: Request, exc: Exception) -> Response:
         errors.append({"field": _field(item.get("loc", ())) or "body", "message": message})
     if malformed:
         return problem_response(
-            400, "Malformed JSON", "the request body is not valid JSON",
-            slug="malformed-json", errors=errors,
+            400,
+            "Malformed JSON",
+            "the request body is not valid JSON",
+            slug="malformed-json",
+            errors=errors,
         )
     fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
     return problem_response(
@@ -112,6 +116,12 @@ def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # FastAPI makes one route per method; Allow must list every route's methods.
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"nothing is served at {request.url.path}"
     return problem_response(
@@ -119,17 +129,39 @@ def _http(request: Request, exc: Exception) -> Response:
         titles.get(exc.status_code, "Request refused"),
         detail,
         slug=f"http-{exc.status_code}",
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+        elif route_methods:
+            for method in route_methods:
+                if route.matches({**request.scope, "method": method})[0] == Match.FULL:
+                    methods.add(method)
+    return sorted(methods)
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", extra={"path": request.url.path})
+    # This handler answers outside every middleware (Starlette's ServerErrorMiddleware), so
+    # the request id is added here; it runs in a worker thread, so exc_info is passed.
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"path": request.url.path, "request_id": request_id},
+    )
     return problem_response(
         500,
         "Internal error",
         "the service failed; the request id in X-Request-ID identifies it in the logs",
         slug="internal",
+        headers={"X-Request-ID": request_id} if request_id else None,
     )
 
 

@@ -13,10 +13,12 @@ def insert_or_ignore(session: Session, table: Any) -> Any:
 
     Both SQLite and PostgreSQL skip a row that would break any unique
     constraint, which is how concurrent posts of one item become one row.
+    ``rowcount`` tells whether the row went in (1) or was skipped (0):
+    ``preserve_rowcount`` is needed for that, or psycopg reports -1.
     """
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing()
+    return module.insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
 
 def upsert(session: Session, table: Any) -> Any:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, Strict, StringConstraints
 
 # PostgreSQL text cannot hold NUL, and neither database can hold a lone UTF-16
 # surrogate; both are refused up front so that SQLite and PostgreSQL agree.
@@ -44,6 +44,13 @@ Topic = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 EARLIEST = date(1900, 1, 1)
 
 
+def _no_numbers(value: Any) -> Any:
+    # Pydantic would read a number as a Unix timestamp; the schema says a string.
+    if isinstance(value, (int, float)):
+        raise ValueError("must be a string in ISO 8601 form, not a number")
+    return value
+
+
 def _date_only_as_utc_midnight(value: Any) -> Any:
     # Jobs often know only the day something happened; a bare date means its start, UTC.
     if isinstance(value, str) and len(value) == 10 and value[4:5] == "-":
@@ -74,10 +81,14 @@ def _plausible_date(value: date) -> date:
 UTCTimestamp = Annotated[
     datetime,
     BeforeValidator(_date_only_as_utc_midnight),
+    BeforeValidator(_no_numbers),
     AfterValidator(_aware_utc),
 ]
 """An RFC 3339 datetime (or a bare date, meaning 00:00 UTC); naive values are UTC."""
 
-PlausibleDate = Annotated[date, AfterValidator(_plausible_date)]
+PlausibleDate = Annotated[date, BeforeValidator(_no_numbers), AfterValidator(_plausible_date)]
+
+StrictCount = Annotated[int, Strict()]
+"""An integer in the body: not a boolean, not a float, not a numeric string."""
 
 PageLimit = Annotated[int, Field(ge=1, le=500)]

@@ -55,7 +55,8 @@ def postgres_template_url() -> Iterator[str]:
             pytest.fail(problem)
         pytest.skip(f"PostgreSQL tests skipped: {problem}")
     base = make_url(_postgres_admin_url())
-    name = f"{base.database}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    # One database per test process: parallel workers (and parallel runs) never share one.
+    name = f"{base.database}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
     admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,4 +1,7 @@
-"""Loads the seed article's pledges, evidence and assessments from YAML. Running it twice changes nothing."""
+"""Loads the seed article's pledges, evidence and assessments from YAML.
+
+Running it twice changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.clock import Clock
@@ -83,8 +87,11 @@ def seed(session: Session, clock: Clock, *, data: dict[str, Any] | None = None) 
             now=now,
         )
         assessment = entry.get("assessment") or {}
-        if assessment.get("status", "not_yet_rated") == "not_yet_rated" and assessment.get("reason"):
-            first = session.query(StatusChange).filter_by(pledge_id=pledge.id).one()
+        unrated = assessment.get("status", "not_yet_rated") == "not_yet_rated"
+        if unrated and assessment.get("reason"):
+            first = session.scalars(
+                select(StatusChange).where(StatusChange.pledge_id == pledge.id)
+            ).one()
             first.reason = assessment["reason"]
         created.add(pledge.id)
         report.pledges_created += 1
@@ -92,9 +99,7 @@ def seed(session: Session, clock: Clock, *, data: dict[str, Any] | None = None) 
     keys: dict[str, int] = {}
     drafts = []
     for item in data["evidence"]:
-        fields = EvidenceFields(
-            **{k: v for k, v in item.items() if k not in ("key", "links")}
-        )
+        fields = EvidenceFields(**{k: v for k, v in item.items() if k not in ("key", "links")})
         links = [LinkIn(pledge_id=link["pledge"], stance=link["stance"]) for link in item["links"]]
         drafts.append(make_draft(fields, links, now=now, tolerance=timedelta(0)))
     outcomes = ingest(session, drafts, principal=SEED_PRINCIPAL, now=now)

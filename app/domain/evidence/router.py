@@ -44,8 +44,11 @@ def _created_or_existing(out: EvidenceOut, created: bool, response: Response) ->
 
 
 _ADD_RESPONSES = {
-    200: {"description": "The item was already known (same normalised URL or content hash); "
-          "it is now linked, not copied.", "model": EvidenceOut},
+    200: {
+        "description": "The item was already known (same normalised URL or content hash); "
+        "it is now linked, not copied.",
+        "model": EvidenceOut,
+    },
     **problems(*WRITE_ERRORS),
 }
 
@@ -94,9 +97,7 @@ def add_pledge_evidence(
     return _created_or_existing(out, created, response)
 
 
-@router.post(
-    "/evidence", status_code=201, response_model=EvidenceOut, responses=_ADD_RESPONSES
-)
+@router.post("/evidence", status_code=201, response_model=EvidenceOut, responses=_ADD_RESPONSES)
 def add_evidence(
     body: EvidenceCreate,
     session: SessionDep,
@@ -133,7 +134,7 @@ def add_evidence_batch(
 
 
 @router.get(
-    "/evidence/{evidence_id}", response_model=EvidenceOut, responses=problems(*READ_ERRORS, 404)
+    "/evidence/{evidence_id:int}", response_model=EvidenceOut, responses=problems(*READ_ERRORS, 404)
 )
 def get_evidence(evidence_id: EvidenceId, session: SessionDep, _: Reader) -> EvidenceOut:
     """One item with all its links."""
@@ -141,7 +142,7 @@ def get_evidence(evidence_id: EvidenceId, session: SessionDep, _: Reader) -> Evi
 
 
 @router.post(
-    "/evidence/{evidence_id}/review",
+    "/evidence/{evidence_id:int}/review",
     response_model=LinkOut,
     responses=problems(*WRITE_ERRORS, 404),
 )
@@ -164,9 +165,7 @@ def review_evidence(
     )
 
 
-@router.get(
-    "/review-queue", response_model=Page[QueueItem], responses=problems(*READ_ERRORS)
-)
+@router.get("/review-queue", response_model=Page[QueueItem], responses=problems(*READ_ERRORS))
 def review_queue(
     session: SessionDep, _: Analyst, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[QueueItem]:

@@ -135,11 +135,20 @@ class EvidenceBatch(BaseModel):
     )
 
     items: Annotated[
-        list[Any],
+        list[dict[str, Any]],
         Field(
             min_length=1,
             max_length=MAX_BATCH,
-            json_schema_extra={"items": {"$ref": "#/components/schemas/EvidenceCreate"}},
+            description="Each item is an EvidenceCreate. An item that is not a valid one is "
+            "answered in its own result with status 422; the others are stored.",
+            json_schema_extra={
+                "items": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/EvidenceCreate"},
+                        {"type": "object", "description": "answered with a per-item 422"},
+                    ]
+                }
+            },
         ),
     ]
 

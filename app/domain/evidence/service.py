@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.domain.evidence.identity import content_hash, url_key
@@ -55,7 +55,9 @@ class IngestOutcome:
     links: list[EvidenceLink] = field(default_factory=list)
 
 
-def make_draft(fields: EvidenceFields, links: list[LinkIn], *, now: datetime, tolerance: timedelta) -> Draft:
+def make_draft(
+    fields: EvidenceFields, links: list[LinkIn], *, now: datetime, tolerance: timedelta
+) -> Draft:
     """Check what the schema cannot (dates against our clock, duplicate links) and fix identity."""
     if fields.published_at > now + tolerance:
         raise InvalidInput("published_at", "must not be in the future")
@@ -142,7 +144,7 @@ def ingest(
         for chunk_start in range(0, len(leftovers), 400):
             chunk_urls = url_keys[chunk_start : chunk_start + 400]
             chunk_hashes = hashes[chunk_start : chunk_start + 400]
-            condition = Evidence.content_hash.in_(chunk_hashes)
+            condition: ColumnElement[bool] = Evidence.content_hash.in_(chunk_hashes)
             if chunk_urls:
                 condition = or_(condition, Evidence.url_key.in_(chunk_urls))
             for found in session.execute(
@@ -257,8 +259,8 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
     if tallies:
         _add_to_tallies(session, tallies)
 
-    table = Pledge.__table__
-    params = [
+    table: Table = Pledge.__table__  # type: ignore[assignment]
+    params: list[dict[str, Any]] = [
         {
             "pid": pledge_id,
             "accepted": accepted.get(pledge_id, 0),
@@ -274,10 +276,17 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
             evidence_count=table.c.evidence_count + bindparam("accepted"),
             unreviewed_count=table.c.unreviewed_count + bindparam("unreviewed"),
             last_evidence_at=case(
-                (bindparam("latest", type_=Pledge.last_evidence_at.type).is_(None), table.c.last_evidence_at),
-                (table.c.last_evidence_at.is_(None), bindparam("latest", type_=Pledge.last_evidence_at.type)),
                 (
-                    table.c.last_evidence_at < bindparam("latest", type_=Pledge.last_evidence_at.type),
+                    bindparam("latest", type_=Pledge.last_evidence_at.type).is_(None),
+                    table.c.last_evidence_at,
+                ),
+                (
+                    table.c.last_evidence_at.is_(None),
+                    bindparam("latest", type_=Pledge.last_evidence_at.type),
+                ),
+                (
+                    table.c.last_evidence_at
+                    < bindparam("latest", type_=Pledge.last_evidence_at.type),
                     bindparam("latest", type_=Pledge.last_evidence_at.type),
                 ),
                 else_=table.c.last_evidence_at,
@@ -285,7 +294,7 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
         ),
         params,
     )
-    touched = [p["pid"] for p in params]
+    touched: list[str] = [p["pid"] for p in params]
     refresh_verification(session, touched)
     _stamp_versions(session, touched)
 
@@ -338,7 +347,9 @@ def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
             select(SourceTally).where(SourceTally.pledge_id.in_(chunk), SourceTally.links > 0)
         ).scalars():
             sources[row.pledge_id].append(
-                SourceCount(row.stance, row.source_type, row.reliability, row.source_name, row.links)
+                SourceCount(
+                    row.stance, row.source_type, row.reliability, row.source_name, row.links
+                )
             )
         changes = [
             {"pid": pledge_id, "level": level}
@@ -346,7 +357,7 @@ def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
             if (level := grade(status, sources.get(pledge_id, []))) != verification
         ]
         if changes:
-            table = Pledge.__table__
+            table: Table = Pledge.__table__  # type: ignore[assignment]
             session.execute(
                 update(table)
                 .where(table.c.id == bindparam("pid"))
@@ -595,7 +606,13 @@ def review_link(
     session.flush()
     if previous != review:
         evidence = session.get_one(Evidence, evidence_id)
-        key = (pledge_id, link.stance, evidence.source_type, evidence.reliability, evidence.source_name)
+        key = (
+            pledge_id,
+            link.stance,
+            evidence.source_type,
+            evidence.reliability,
+            evidence.source_name,
+        )
         if previous == "accepted":
             _add_to_tallies(session, {key: -1})
         if review == "accepted":

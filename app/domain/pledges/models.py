@@ -22,9 +22,7 @@ class Pledge(Base):
 
     __tablename__ = "pledge"
     __table_args__ = (
-        CheckConstraint(
-            "kind IN ('commitment', 'planned_engagement', 'concern')", name="kind"
-        ),
+        CheckConstraint("kind IN ('commitment', 'planned_engagement', 'concern')", name="kind"),
         CheckConstraint(
             "status IN ('not_yet_rated', 'in_progress', 'stalled', 'compromise', 'kept', 'broken')",
             name="status",

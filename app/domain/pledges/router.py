@@ -27,7 +27,11 @@ PledgeId = Annotated[
 ]
 Cursor = Annotated[
     str | None,
-    Query(max_length=1000, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page."),
+    Query(
+        max_length=1000,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="next_cursor of the previous page.",
+    ),
 ]
 Limit = Annotated[PageLimit, Query(description="Page size, at most 500.")]
 
@@ -46,7 +50,8 @@ def pledge_filters(
     kind: Annotated[PledgeKind | None, Query()] = None,
     topic: Annotated[str | None, Query(pattern=TOPIC_PATTERN)] = None,
     party: Annotated[
-        str | None, Query(pattern=PARTY_PATTERN, description="ISO 3166-1 alpha-2, maker or recipient.")
+        str | None,
+        Query(pattern=PARTY_PATTERN, description="ISO 3166-1 alpha-2, maker or recipient."),
     ] = None,
     q: Annotated[
         StorableStr | None, Query(max_length=200, description="Words in the id, title or text.")
@@ -122,7 +127,9 @@ def get_pledge(
     """One pledge with its derived fields; ``ETag`` is its version."""
     pledge = service.get_pledge(session, pledge_id)
     etag = etag_of(pledge.version)
-    if if_none_match is not None and etag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}:
+    if if_none_match is not None and etag in {
+        t.strip().removeprefix("W/") for t in if_none_match.split(",")
+    }:
         return Response(status_code=304, headers={"ETag": etag})
     response.headers["ETag"] = etag
     return service.to_out(pledge, today=clock.now().date())

@@ -11,6 +11,7 @@ from app.types import (
     RequiredText,
     Slug,
     StorableStr,
+    StrictCount,
     Topic,
 )
 
@@ -48,7 +49,8 @@ class PledgeCreate(StrictInput):
                 {
                     "id": "us-cn-counternarcotics-working-group",
                     "title": "US-China counternarcotics working group meets",
-                    "text": "The US and China will hold regular meetings of a counternarcotics working group.",
+                    "text": "The US and China will hold regular meetings of a "
+                    "counternarcotics working group.",
                     "kind": "commitment",
                     "made_by": ["US", "CN"],
                     "made_to": ["US", "CN"],
@@ -62,9 +64,7 @@ class PledgeCreate(StrictInput):
         },
     )
 
-    id: Slug | None = Field(
-        default=None, description="A slug; made from the title when left out."
-    )
+    id: Slug | None = Field(default=None, description="A slug; made from the title when left out.")
     title: Title
     text: LongText
     kind: PledgeKind = "commitment"
@@ -76,7 +76,7 @@ class PledgeCreate(StrictInput):
     source: PledgeSource | None = None
     verification_criteria: LongText
     due_on: PlausibleDate | None = None
-    review_every_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    review_every_days: Annotated[StrictCount, Field(ge=1, le=3650)] = 30
 
 
 class PledgeUpdate(StrictInput):
@@ -97,7 +97,7 @@ class PledgeUpdate(StrictInput):
     source: PledgeSource | None = None
     verification_criteria: LongText | None = None
     due_on: PlausibleDate | None = None
-    review_every_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    review_every_days: Annotated[StrictCount, Field(ge=1, le=3650)] | None = None
 
 
 class PledgeOut(BaseModel):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -130,8 +131,7 @@ def create_pledge(session: Session, data: PledgeCreate, *, actor: str, now: date
 
 
 def start_of(day: date) -> datetime:
-    from datetime import UTC, time
-
+    """Midnight UTC at the start of ``day``."""
     return datetime.combine(day, time(0), tzinfo=UTC)
 
 
@@ -161,7 +161,7 @@ def check_if_match(pledge: Pledge, if_match: str | None) -> int | None:
         if value.isdigit() and int(value) == pledge.version:
             return pledge.version
     raise PreconditionFailed(
-        f"the pledge has changed: its current ETag is \"{pledge.version}\"",
+        f'the pledge has changed: its current ETag is "{pledge.version}"',
         headers={"ETag": f'"{pledge.version}"'},
     )
 
@@ -173,9 +173,10 @@ def bump_version(session: Session, pledge: Pledge, expected: int | None) -> int:
     if expected is not None:
         conditions.append(Pledge.version == expected)
     result = session.execute(
-        update(Pledge).where(*conditions).values(version=version).execution_options(
-            synchronize_session=False
-        )
+        update(Pledge)
+        .where(*conditions)
+        .values(version=version)
+        .execution_options(synchronize_session=False)
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise PreconditionFailed("the pledge was changed by another request; fetch it and retry")
@@ -288,14 +289,14 @@ def to_out(pledge: Pledge, *, today: date) -> PledgeOut:
 
 
 def filter_pledges(
-    query: Select[tuple[Pledge]],
+    query: Select[Any],
     *,
     status: str | None = None,
     kind: str | None = None,
     topic: str | None = None,
     party: str | None = None,
     q: str | None = None,
-) -> Select[tuple[Pledge]]:
+) -> Select[Any]:
     """Apply the list filters that ``/pledges`` and ``/status`` share."""
     if status is not None:
         query = query.where(Pledge.status == status)
@@ -338,9 +339,7 @@ def list_pledges(
 ) -> tuple[Sequence[Pledge], str | None]:
     """One page of pledges in id order, and the cursor of the next page."""
     after = decode_cursor(cursor, 1)
-    query = filter_pledges(
-        select(Pledge), status=status, kind=kind, topic=topic, party=party, q=q
-    )
+    query = filter_pledges(select(Pledge), status=status, kind=kind, topic=topic, party=party, q=q)
     if after is not None:
         query = query.where(Pledge.id > str(after[0]))
     query = (
@@ -348,7 +347,7 @@ def list_pledges(
         .order_by(Pledge.id)
         .limit(limit + 1)
     )
-    rows = session.scalars(query).all()
+    rows: Sequence[Pledge] = session.scalars(query).all()
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

@@ -25,12 +25,15 @@ Instant = Annotated[
     str | None,
     Query(
         max_length=64,
-        description="A date (YYYY-MM-DD, meaning the end of that day, UTC) or an RFC 3339 datetime.",
+        description="A date (YYYY-MM-DD, meaning the end of that day, UTC) "
+        "or an RFC 3339 datetime.",
     ),
 ]
 
 
-def parse_instant(value: str | None, field: str, clock: Clock, tolerance: timedelta) -> datetime | None:
+def parse_instant(
+    value: str | None, field: str, clock: Clock, tolerance: timedelta
+) -> datetime | None:
     """A query instant: a date means its last moment (so that day's changes count).
 
     It is not clamped to now here, so the same query keeps the same ETag; the

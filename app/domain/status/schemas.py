@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from app.domain.pledges.schemas import PledgeKind, StatusName, VerificationLevel
-from app.types import RequiredText, UTCTimestamp
+from app.types import RequiredText, StrictCount, UTCTimestamp
 
 
 class StatusChangeIn(BaseModel):
@@ -26,15 +26,15 @@ class StatusChangeIn(BaseModel):
 
     status: StatusName
     reason: Annotated[RequiredText, Field(max_length=5000)]
-    evidence_ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=100)] = Field(
-        default_factory=list
-    )
+    evidence_ids: Annotated[
+        list[Annotated[StrictCount, Field(ge=1, le=2_147_483_647)]], Field(max_length=100)
+    ] = Field(default_factory=list)
     effective_at: UTCTimestamp | None = Field(
         default=None,
         description="When the change took effect; now when left out. Never before made_on, "
         "never in the future.",
     )
-    reopen: bool = Field(default=False, description="Required to leave kept or broken.")
+    reopen: StrictBool = Field(default=False, description="Required to leave kept or broken.")
 
 
 class StatusChangeOut(BaseModel):

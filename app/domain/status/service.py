@@ -80,7 +80,7 @@ def change_status(
     now: datetime,
     tolerance: timedelta,
 ) -> StatusChange:
-    """Append a status change, honouring ``If-Match``, and bring the pledge's current state up to date.
+    """Append a status change, honouring ``If-Match``; bring the pledge's current state up to date.
 
     A change may be backdated (``effective_at``) but never to before the pledge
     was made nor into the future; it is compared with the status in force at
@@ -103,7 +103,7 @@ def change_status(
         raise Conflict(f"the pledge is already {data.status} at {effective_at.isoformat()}")
     if from_status in FINAL_STATUSES and not data.reopen:
         raise Conflict(
-            f"the pledge is {from_status}, a final status; send \"reopen\": true to leave it"
+            f'the pledge is {from_status}, a final status; send "reopen": true to leave it'
         )
     change = StatusChange(
         pledge_id=pledge_id,
@@ -154,7 +154,10 @@ def history(
     cursor: str | None,
     known_at: datetime | None = None,
 ) -> tuple[list[StatusChangeOut], str | None]:
-    """A pledge's status changes, oldest ``effective_at`` first; ``known_at`` hides later records."""
+    """A pledge's status changes, oldest ``effective_at`` first.
+
+    ``known_at`` hides what was recorded after it.
+    """
     get_pledge(session, pledge_id, with_lists=False)
     query = select(StatusChange).where(StatusChange.pledge_id == pledge_id)
     if known_at is not None:
@@ -174,9 +177,9 @@ def history(
             )
         )
     rows = session.scalars(
-        query.order_by(
-            StatusChange.effective_at, StatusChange.recorded_at, StatusChange.id
-        ).limit(limit + 1)
+        query.order_by(StatusChange.effective_at, StatusChange.recorded_at, StatusChange.id).limit(
+            limit + 1
+        )
     ).all()
     next_cursor = None
     if len(rows) > limit:
@@ -294,9 +297,7 @@ def _past_rows(
         EvidenceLink.published_at <= as_of,
         EvidenceLink.created_at <= known_at,
     )
-    accepted_count = (
-        select(func.count()).where(dated_links).correlate(Pledge).scalar_subquery()
-    )
+    accepted_count = select(func.count()).where(dated_links).correlate(Pledge).scalar_subquery()
     last_evidence = (
         select(func.max(EvidenceLink.published_at))
         .where(dated_links)
@@ -314,7 +315,7 @@ def _past_rows(
             latest_change.label("change_id"),
             accepted_count.label("accepted"),
             last_evidence.label("last_evidence_at"),
-        ).where(Pledge.created_at <= known_at),  # type: ignore[arg-type]
+        ).where(Pledge.created_at <= known_at),
         kind=query.kind,
         topic=query.topic,
         party=query.party,
@@ -392,6 +393,8 @@ def _sources_as_of(
     for row in session.execute(statement):
         if row.pledge_id in wanted:
             sources[row.pledge_id].append(
-                SourceCount(row.stance, row.source_type, row.reliability, row.source_name, row.links)
+                SourceCount(
+                    row.stance, row.source_type, row.reliability, row.source_name, row.links
+                )
             )
     return sources

@@ -1,0 +1,143 @@
+"""The ``pledgewatch`` command: schema upgrades and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+from typer.testing import CliRunner
+
+from app.cli import app
+from app.config import get_settings
+from app.db import Database
+from app.domain.keys.models import ApiKey
+from app.domain.keys.service import Principal, authenticate
+from app.migrate import head_revision
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite file that the command's settings point at."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("PLEDGEWATCH_DATABASE_URL", url)
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def migrated(cli_db: str) -> str:
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    return cli_db
+
+
+def _principal(url: str, secret: str) -> Principal | None:
+    database = Database(url, pool_size=1)
+    try:
+        with database.transaction(write=False) as session:
+            return authenticate(session, secret)
+    finally:
+        database.dispose()
+
+
+def _key_count(url: str) -> int:
+    database = Database(url, pool_size=1)
+    try:
+        with database.transaction(write=False) as session:
+            return session.scalar(select(func.count()).select_from(ApiKey)) or 0
+    finally:
+        database.dispose()
+
+
+def test_db_upgrade_migrates_to_head_and_can_run_again(cli_db: str) -> None:
+    for _ in range(2):
+        result = runner.invoke(app, ["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == ""
+    database = Database(cli_db, pool_size=1)
+    try:
+        with database.engine.connect() as conn:
+            found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        database.dispose()
+    assert found == head_revision()
+
+
+def test_keys_create_prints_only_the_key_and_the_key_works(migrated: str) -> None:
+    result = runner.invoke(app, ["keys", "create", "--role", "analyst", "--name", "alice"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    (secret,) = lines
+    assert result.stdout == secret + "\n"
+    assert secret.startswith("pw_")
+    assert secret == secret.strip() and " " not in secret
+    assert len(secret) >= 40
+
+    assert _principal(migrated, secret) == Principal(name="alice", role="analyst")
+    assert _principal(migrated, secret + "x") is None
+
+
+def test_each_key_is_new(migrated: str) -> None:
+    first = runner.invoke(app, ["keys", "create", "--role", "collector", "--name", "job-1"])
+    second = runner.invoke(app, ["keys", "create", "--role", "collector", "--name", "job-2"])
+    assert first.exit_code == second.exit_code == 0, first.output + second.output
+    assert first.stdout != second.stdout
+    assert _principal(migrated, first.stdout.strip()) == Principal(name="job-1", role="collector")
+    assert _principal(migrated, second.stdout.strip()) == Principal(name="job-2", role="collector")
+
+
+def test_the_same_name_twice_is_refused_clearly(migrated: str) -> None:
+    first = runner.invoke(app, ["keys", "create", "--role", "analyst", "--name", "alice"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["keys", "create", "--role", "admin", "--name", "alice"])
+    assert again.exit_code != 0
+    assert again.exit_code == 2, "a refusal, not a crash"
+    assert again.stdout == "", "no key is printed"
+    assert "alice" in again.stderr
+    assert "already exists" in again.stderr
+    assert "Traceback" not in again.output
+    assert _key_count(migrated) == 1
+    # The first key is untouched and keeps its role.
+    assert _principal(migrated, first.stdout.strip()) == Principal(name="alice", role="analyst")
+
+
+def test_a_name_with_markup_characters_is_reported_as_typed(migrated: str) -> None:
+    name = "[/bold] job [red]"
+    first = runner.invoke(app, ["keys", "create", "--role", "viewer", "--name", name])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["keys", "create", "--role", "viewer", "--name", name])
+    assert again.exit_code == 2, again.output
+    assert name in again.stderr
+    assert "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("role", ["boss", "ADMIN", "", "root"])
+def test_a_bad_role_is_refused_clearly(migrated: str, role: str) -> None:
+    result = runner.invoke(app, ["keys", "create", "--role", role, "--name", "bob"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "role" in result.stderr
+    for known in ("viewer", "collector", "analyst", "admin"):
+        assert known in result.stderr
+    assert _key_count(migrated) == 0
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "tab\there"])
+def test_a_bad_name_is_refused_clearly(migrated: str, name: str) -> None:
+    result = runner.invoke(app, ["keys", "create", "--role", "viewer", "--name", name])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "name" in result.stderr
+    assert _key_count(migrated) == 0
+
+
+def test_keys_create_needs_both_options(migrated: str) -> None:
+    assert runner.invoke(app, ["keys", "create", "--name", "x"]).exit_code == 2
+    assert runner.invoke(app, ["keys", "create", "--role", "viewer"]).exit_code == 2
+    assert _key_count(migrated) == 0
