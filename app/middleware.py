@@ -22,6 +22,7 @@ from app.problems import problem_response
 from app.sql import insert_or_ignore
 
 log = logging.getLogger("pledgewatch.access")
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -57,8 +58,10 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
-            REQUESTS.labels(scope["method"], template, str(status)).inc()
-            REQUEST_LATENCY.labels(scope["method"], template).observe(elapsed)
+            # Unknown methods share one label so that clients cannot mint new series.
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+            REQUESTS.labels(method, template, str(status)).inc()
+            REQUEST_LATENCY.labels(method, template).observe(elapsed)
             log.info(
                 "request",
                 extra={
@@ -126,6 +129,9 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _too_large(self.limit)(scope, receive, send)
             return
+        if declared is None:
+            await self._buffered(scope, receive, send)
+            return
         received = 0
         started = False
 
@@ -149,6 +155,35 @@ class BodyLimitMiddleware:
         except _TooLarge:
             if not started:
                 await _too_large(self.limit)(scope, receive, send)
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body without Content-Length (chunked) is read and counted here, then handed on
+        whole: an overflow raised inside the app would surface as the framework's 400."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _too_large(self.limit)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class IdempotencyMiddleware:

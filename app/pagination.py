@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -38,3 +39,32 @@ def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
     if any(not isinstance(part, (str, int)) or isinstance(part, bool) for part in key):
         raise InvalidInput("cursor", "is not a cursor this service gave out")
     return key
+
+
+_NOT_OURS = "is not a cursor this service gave out"
+
+
+def cursor_id(value: Any) -> int:
+    """A row id from a decoded cursor; a tampered one is a 422, never a database error."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2_147_483_647:
+        raise InvalidInput("cursor", _NOT_OURS)
+    return value
+
+
+def cursor_time(value: Any) -> datetime:
+    """A zone-aware UTC instant from a decoded cursor, or a 422 naming ``cursor``."""
+    try:
+        parsed = datetime.fromisoformat(str(value))
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput("cursor", _NOT_OURS) from None
+
+
+def etag_matches(etag: str, if_none_match: str | None) -> bool:
+    """True when ``If-None-Match`` names ``etag`` (weakly) or is ``*``."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags

@@ -124,6 +124,15 @@ def _http(request: Request, exc: Exception) -> Response:
         detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"nothing is served at {request.url.path}"
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        # FastAPI's answer to a body json.loads cannot take: not UTF-8, or nested too deep.
+        return problem_response(
+            400,
+            "Malformed JSON",
+            "the request body is not valid JSON",
+            slug="malformed-json",
+            errors=[{"field": "body", "message": "is not valid UTF-8 JSON"}],
+        )
     return problem_response(
         exc.status_code,
         titles.get(exc.status_code, "Request refused"),
@@ -133,18 +142,20 @@ def _http(request: Request, exc: Exception) -> Response:
     )
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
-        elif route_methods:
-            for method in route_methods:
-                if route.matches({**request.scope, "method": method})[0] == Match.FULL:
-                    methods.add(method)
-    return sorted(methods)
+    # Included routers are not flat routes with ``methods``: ask every route whether it
+    # would fully match this path with each method instead.
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:

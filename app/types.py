@@ -66,7 +66,10 @@ def _date_only_as_utc_midnight(value: Any) -> Any:
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00 has no UTC date
+        raise ValueError("is out of range once converted to UTC") from None
     if value.date() < EARLIEST:
         raise ValueError(f"must not be before {EARLIEST.isoformat()}")
     return value

@@ -76,7 +76,8 @@ def test_keys_create_prints_only_the_key_and_the_key_works(migrated: str) -> Non
     (secret,) = lines
     assert result.stdout == secret + "\n"
     assert secret.startswith("pw_")
-    assert secret == secret.strip() and " " not in secret
+    assert secret == secret.strip()
+    assert " " not in secret
     assert len(secret) >= 40
 
     assert _principal(migrated, secret) == Principal(name="alice", role="analyst")

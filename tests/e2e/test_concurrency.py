@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select
@@ -13,8 +14,10 @@ from app.domain.pledges.models import Pledge
 from app.domain.status.models import StatusChange
 from tests.factories import evidence_body, pledge_body
 
+Request = tuple[dict[str, str], dict[str, Any]]
 
-async def _post_many(base: str, path: str, bodies: list[tuple[dict[str, str], dict[str, object]]]) -> list[httpx.Response]:
+
+async def _post_many(base: str, path: str, bodies: list[Request]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(bodies))
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         return await asyncio.gather(
@@ -61,9 +64,7 @@ def test_batches_racing_on_the_same_items_store_each_once(
         _post_many(live_server, "/api/v1/evidence/batch", [(keys["analyst"], {"items": items})] * 8)
     )
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    created = sum(
-        1 for r in responses for result in r.json()["results"] if result["status"] == 201
-    )
+    created = sum(1 for r in responses for result in r.json()["results"] if result["status"] == 201)
     assert created == 100
     with database.transaction(write=False) as session:
         assert session.scalar(select(func.count()).select_from(Evidence)) == 100

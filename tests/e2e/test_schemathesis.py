@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -98,7 +99,9 @@ def fuzz_target(
                         text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
                     )
                 admin_engine.dispose()
-    server_errors = [line for line in log_path.read_text().splitlines() if '"level": "error"' in line]
+    server_errors = [
+        line for line in log_path.read_text().splitlines() if '"level": "error"' in line
+    ]
     assert server_errors == [], server_errors[:3]
 
 
@@ -109,9 +112,7 @@ def fuzz_target(
     suppress_health_check=list(HealthCheck),
 )
 def test_api_answers_every_generated_request_as_documented(
-    case: schemathesis.Case, fuzz_target: tuple[str, str]
+    case: schemathesis.Case[Any], fuzz_target: tuple[str, str]
 ) -> None:
     base_url, key = fuzz_target
     case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {key}"})
-
-

@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -38,23 +39,24 @@ def _collapse(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def test_every_quote_is_a_sentence_of_the_article() -> None:
+def test_every_pledge_cites_the_article() -> None:
     data = load_seed_file()
-    if not ARTICLE.exists():  # the article sits beside the checkout, in shared/
-        article_text = None
-    else:
-        article_text = _collapse(ARTICLE.read_text(encoding="utf-8"))
     assert data["article"]["publisher"] == "CNN"
     assert str(data["article"]["published_on"]) == "2024-04-02"
-    for pledge in data["pledges"]:
-        assert pledge["quote"].strip(), pledge["id"]
-        if article_text is not None:
-            assert _collapse(pledge["quote"]) in article_text, pledge["id"]
+    assert all(pledge["quote"].strip() for pledge in data["pledges"])
+
+
+def test_every_quote_is_a_sentence_of_the_article() -> None:
+    if not ARTICLE.exists():
+        pytest.skip(f"the seed article is not beside the checkout at {ARTICLE}")
+    article_text = _collapse(ARTICLE.read_text(encoding="utf-8"))
+    for pledge in load_seed_file()["pledges"]:
+        assert _collapse(pledge["quote"]) in article_text, pledge["id"]
 
 
 def test_the_seed_covers_the_article() -> None:
     ids = {pledge["id"] for pledge in load_seed_file()["pledges"]}
-    assert REQUIRED <= ids
+    assert ids >= REQUIRED
     kinds = {pledge["kind"] for pledge in load_seed_file()["pledges"]}
     assert kinds == {"commitment", "planned_engagement", "concern"}
 
@@ -113,7 +115,5 @@ def test_seeded_assessments_as_of_the_article_date(
     pledge = client.get("/api/v1/pledges/cn-no-election-interference-2024").json()
     assert pledge["source"]["publisher"] == "CNN"
     assert pledge["source"]["published_on"] == "2024-04-02"
-    election_history = client.get(
-        "/api/v1/pledges/cn-no-election-interference-2024/history"
-    ).json()
+    election_history = client.get("/api/v1/pledges/cn-no-election-interference-2024/history").json()
     assert election_history["items"][0]["reason"] != "Pledge recorded; not yet rated."

@@ -259,9 +259,7 @@ def test_the_access_log_is_json_with_the_request_id(
         assert isinstance(handler.formatter, JsonFormatter)
         handler.setStream(buffer)
         test_client.get("/healthz", headers={"X-Request-ID": "trace-123"})
-        created = test_client.post(
-            "/api/v1/pledges", json=pledge_body(), headers=keys["analyst"]
-        )
+        created = test_client.post("/api/v1/pledges", json=pledge_body(), headers=keys["analyst"])
         assert created.status_code == 201, created.text
         handler.setStream(sys.stderr)
 

@@ -22,6 +22,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def _web_url(value: str) -> str:
     try:
         parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
     except ValueError as error:
         raise ValueError(f"is not a URL: {error}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:

@@ -34,7 +34,7 @@ from app.domain.keys.service import Principal
 from app.domain.pledges.models import Pledge
 from app.domain.status.revision import claim_revision, publish_revision
 from app.errors import InvalidInput, NotFound
-from app.pagination import decode_cursor, encode_cursor
+from app.pagination import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.sql import insert_or_ignore, upsert
 
 
@@ -526,7 +526,7 @@ def pledge_evidence(
         .where(EvidenceLink.pledge_id == pledge_id)
     )
     if after is not None:
-        published, evidence_id = _parse_time(after[0]), int(after[1])
+        published, evidence_id = cursor_time(after[0]), cursor_id(after[1])
         query = query.where(
             or_(
                 EvidenceLink.published_at < published,
@@ -562,16 +562,6 @@ def pledge_evidence(
         last_link = rows[limit - 1][0]
         next_cursor = encode_cursor(last_link.published_at.isoformat(), last_link.evidence_id)
     return items, next_cursor
-
-
-def _parse_time(value: Any) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        raise InvalidInput("cursor", "is not a cursor this service gave out") from None
-    if parsed.tzinfo is None:
-        raise InvalidInput("cursor", "is not a cursor this service gave out")
-    return parsed
 
 
 def review_link(
@@ -659,7 +649,7 @@ def review_queue(
         .where(EvidenceLink.review == "unreviewed")
     )
     if after is not None:
-        query = query.where(EvidenceLink.id > int(after[0]))
+        query = query.where(EvidenceLink.id > cursor_id(after[0]))
     rows = session.execute(query.order_by(EvidenceLink.id).limit(limit + 1)).all()
     items = [
         QueueItem(

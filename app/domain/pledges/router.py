@@ -16,7 +16,7 @@ from app.domain.pledges.schemas import (
     PledgeUpdate,
     StatusName,
 )
-from app.pagination import Page
+from app.pagination import Page, etag_matches
 from app.problems import READ_ERRORS, WRITE_ERRORS, problems
 from app.types import PARTY_PATTERN, SLUG_PATTERN, TOPIC_PATTERN, PageLimit, StorableStr
 
@@ -127,9 +127,7 @@ def get_pledge(
     """One pledge with its derived fields; ``ETag`` is its version."""
     pledge = service.get_pledge(session, pledge_id)
     etag = etag_of(pledge.version)
-    if if_none_match is not None and etag in {
-        t.strip().removeprefix("W/") for t in if_none_match.split(",")
-    }:
+    if etag_matches(etag, if_none_match):
         return Response(status_code=304, headers={"ETag": etag})
     response.headers["ETag"] = etag
     return service.to_out(pledge, today=clock.now().date())

@@ -16,7 +16,7 @@ from app.domain.status.schemas import StatusChangeIn, StatusChangeOut, StatusQue
 from app.domain.status.view_cache import StatusViewCache, status_etag
 from app.errors import InvalidInput
 from app.metrics import STATUS_CACHE, STATUS_CHANGES
-from app.pagination import Page
+from app.pagination import Page, etag_matches
 from app.problems import READ_ERRORS, WRITE_ERRORS, problems
 
 router = APIRouter(tags=["status"])
@@ -48,13 +48,18 @@ def parse_instant(
             day = date.fromisoformat(text)
             if day > (now + tolerance).date():
                 raise InvalidInput(field, "must not be in the future")
+            if day.year < 1900:
+                raise InvalidInput(field, "must not be before 1900-01-01")
             return datetime.combine(day, time.max, tzinfo=UTC)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an RFC 3339 datetime") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(field, "is out of range") from None
     if parsed > now + tolerance:
         raise InvalidInput(field, "must not be in the future")
     if parsed.year < 1900:
@@ -159,9 +164,7 @@ def status_view(
     revision = current_revision(session)
     etag = status_etag(revision, now.date(), query)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if if_none_match is not None and etag in {
-        tag.strip().removeprefix("W/") for tag in if_none_match.split(",")
-    }:
+    if etag_matches(etag, if_none_match):
         STATUS_CACHE.labels("not_modified").inc()
         return Response(status_code=304, headers=headers)
     cache: StatusViewCache = request.app.state.status_cache

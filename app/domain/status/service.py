@@ -33,7 +33,7 @@ from app.domain.status.schemas import (
     StatusView,
 )
 from app.errors import Conflict, InvalidInput
-from app.pagination import decode_cursor, encode_cursor
+from app.pagination import cursor_id, cursor_time, decode_cursor, encode_cursor
 
 STATUSES = ("not_yet_rated", "in_progress", "stalled", "compromise", "kept", "broken")
 _LATEST_FIRST = (
@@ -164,7 +164,11 @@ def history(
         query = query.where(StatusChange.recorded_at <= known_at)
     after = decode_cursor(cursor, 3)
     if after is not None:
-        effective, recorded, change_id = _time(after[0]), _time(after[1]), int(after[2])
+        effective, recorded, change_id = (
+            cursor_time(after[0]),
+            cursor_time(after[1]),
+            cursor_id(after[2]),
+        )
         query = query.where(
             or_(
                 StatusChange.effective_at > effective,
@@ -188,16 +192,6 @@ def history(
             last.effective_at.isoformat(), last.recorded_at.isoformat(), last.id
         )
     return [change_out(row) for row in rows[:limit]], next_cursor
-
-
-def _time(value: object) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        raise InvalidInput("cursor", "is not a cursor this service gave out") from None
-    if parsed.tzinfo is None:
-        raise InvalidInput("cursor", "is not a cursor this service gave out")
-    return parsed
 
 
 def dashboard(

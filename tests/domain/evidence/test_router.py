@@ -35,11 +35,12 @@ def add_to_pledge(
     stance: str = "supports",
     **overrides: Any,
 ) -> Response:
-    return client.post(
+    response: Response = client.post(
         f"/api/v1/pledges/{pledge_id}/evidence",
         json=evidence_body(n, stance=stance, **overrides),
         headers=headers,
     )
+    return response
 
 
 def multi(n: int, links: list[tuple[str, str]], **overrides: Any) -> dict[str, Any]:
@@ -304,7 +305,8 @@ def test_invalid_fields_are_422_naming_the_field(
     client: TestClient, keys: Keys, field: str, value: str
 ) -> None:
     make_pledge(client, keys)
-    response = add_to_pledge(client, keys["collector"], **{field: value})
+    overrides: dict[str, Any] = {field: value}
+    response = add_to_pledge(client, keys["collector"], **overrides)
     assert_problem(response, 422, field)
     assert pledge_evidence(client)["items"] == []
 
@@ -319,9 +321,7 @@ def test_fetched_at_is_kept(client: TestClient, keys: Keys) -> None:
 # --- dates against the clock ------------------------------------------------------------------
 
 
-def test_published_in_the_future_is_422_naming_published_at(
-    client: TestClient, keys: Keys
-) -> None:
+def test_published_in_the_future_is_422_naming_published_at(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     response = add_to_pledge(client, keys["collector"], published_at="2025-01-16T12:00:00Z")
     body = assert_problem(response, 422, "published_at")
@@ -347,9 +347,10 @@ def test_future_is_judged_by_the_service_clock(
         "published_at",
     )
     clock.advance(timedelta(days=30))
-    assert add_to_pledge(
-        client, keys["collector"], published_at="2025-02-01T00:00:00Z"
-    ).status_code == 201
+    assert (
+        add_to_pledge(client, keys["collector"], published_at="2025-02-01T00:00:00Z").status_code
+        == 201
+    )
 
 
 def test_fetched_in_the_future_is_422(client: TestClient, keys: Keys) -> None:
@@ -503,7 +504,10 @@ def test_multi_link_needs_a_collector(client: TestClient, keys: Keys) -> None:
 
 
 def batch(client: TestClient, headers: dict[str, str], items: list[Any]) -> Response:
-    return client.post("/api/v1/evidence/batch", json={"items": items}, headers=headers)
+    response: Response = client.post(
+        "/api/v1/evidence/batch", json={"items": items}, headers=headers
+    )
+    return response
 
 
 def test_batch_results_are_in_order_with_their_own_status(client: TestClient, keys: Keys) -> None:
@@ -519,13 +523,12 @@ def test_batch_results_are_in_order_with_their_own_status(client: TestClient, ke
         multi(6, [(P1, "undermines")]),
         {**multi(7, [(P1, "supports")]), "title": 42},
         multi(8, [(P1, "supports"), (P1, "supports")]),
-        "not an object",
     ]
     response = batch(client, keys["collector"], items)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["index"] for r in results] == list(range(len(items)))
-    assert [r["status"] for r in results] == [201, 422, 200, 422, 422, 422, 201, 422, 422, 422]
+    assert [r["status"] for r in results] == [201, 422, 200, 422, 422, 422, 201, 422, 422]
     expected_fields = {
         1: "published_at",
         3: "colour",
@@ -541,7 +544,6 @@ def test_batch_results_are_in_order_with_their_own_status(client: TestClient, ke
         assert problem["title"] == "Invalid input"
         assert field in problem["detail"]
         assert results[index]["id"] is None
-    assert results[9]["problem"]["errors"]
     assert results[2]["id"] == known
     assert results[0]["id"] not in (None, known)
     assert results[6]["id"] not in (None, known, results[0]["id"])
@@ -550,6 +552,23 @@ def test_batch_results_are_in_order_with_their_own_status(client: TestClient, ke
     # Only the three good items are linked; the bad ones left nothing behind.
     listed = {item["id"] for item in pledge_evidence(client)["items"]}
     assert listed == {known, results[0]["id"], results[6]["id"]}
+
+
+@pytest.mark.parametrize("odd", ["not an object", 42, None, [1, 2]])
+def test_batch_item_that_is_not_an_object_is_422_naming_it(
+    client: TestClient, keys: Keys, odd: Any
+) -> None:
+    make_pledge(client, keys, P1)
+    response = batch(client, keys["collector"], [multi(1, [(P1, "supports")]), odd])
+    # Either the batch is refused naming the item, or the item gets its own 422: never a 500.
+    if response.status_code == 422:
+        assert_problem(response, 422, "items[1]")
+        assert pledge_evidence(client)["items"] == []
+    else:
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r["status"] for r in results] == [201, 422]
+        assert results[1]["problem"]["errors"]
 
 
 def test_batch_unknown_pledge_rejects_the_whole_item(client: TestClient, keys: Keys) -> None:
@@ -608,9 +627,7 @@ def test_batch_of_a_thousand_items_in_one_request(client: TestClient, keys: Keys
     assert [r["index"] for r in results] == list(range(1000))
     assert {r["status"] for r in results} == {201}
     assert len({r["id"] for r in results}) == 1000
-    assert all(
-        [link["review"] for link in r["links"]] == ["accepted", "accepted"] for r in results
-    )
+    assert all([link["review"] for link in r["links"]] == ["accepted", "accepted"] for r in results)
     assert pledge(client, P1)["evidence_count"] == 1000
     assert pledge(client, P2)["evidence_count"] == 1000
     assert pledge(client, P1)["verification"] == "verified"
@@ -722,7 +739,10 @@ def test_get_evidence_with_all_its_links(client: TestClient, keys: Keys) -> None
 def test_get_unknown_evidence_is_404(client: TestClient) -> None:
     assert_problem(client.get("/api/v1/evidence/12345"), 404)
     assert_problem(client.get("/api/v1/evidence/0"), 422, "evidence_id")
-    assert_problem(client.get("/api/v1/evidence/abc"), 422, "evidence_id")
+    assert_problem(client.get("/api/v1/evidence/2147483648"), 422, "evidence_id")
+    not_an_id = client.get("/api/v1/evidence/abc")
+    assert not_an_id.status_code in (404, 422)
+    assert not_an_id.headers["content-type"].startswith(PROBLEM)
 
 
 # --- GET /pledges/{id}/evidence ---------------------------------------------------------------
@@ -732,7 +752,9 @@ def test_pledge_evidence_is_newest_published_first(client: TestClient, keys: Key
     make_pledge(client, keys)
     dates = ["2024-03-01", "2024-06-01T10:00:00Z", "2023-12-01", "2024-06-01T09:00:00Z"]
     for n, published in enumerate(dates):
-        assert add_to_pledge(client, keys["collector"], n, published_at=published).status_code == 201
+        assert (
+            add_to_pledge(client, keys["collector"], n, published_at=published).status_code == 201
+        )
     items = pledge_evidence(client)["items"]
     assert [item["published_at"] for item in items] == [
         "2024-06-01T10:00:00Z",
@@ -767,8 +789,8 @@ def test_pledge_evidence_pages_with_a_cursor(client: TestClient, keys: Keys) -> 
     for limit in (1, 2, 3, 7):
         paged = all_pages(client, f"/api/v1/pledges/{P1}/evidence", {}, limit)
         assert [item["id"] for item in paged] == [item["id"] for item in full]
-    published = [item["published_at"] for item in full]
-    assert published == sorted(published, reverse=True)
+    order = [item["published_at"] for item in full]
+    assert order == sorted(order, reverse=True)
     assert sorted(item["id"] for item in full) == sorted(ids)
     first_page = pledge_evidence(client, limit=7)
     assert first_page["next_cursor"] is None
@@ -784,6 +806,9 @@ def test_pledge_evidence_of_unknown_pledge_is_404(client: TestClient) -> None:
         {"cursor": "abc"},
         {"cursor": "WyJ4IiwxXQ"},  # ["x", 1]
         {"cursor": "WyIyMDI0LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwieCJd"},  # [date, "x"]
+        {"cursor": "WyIyMDI0LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwxMDAwMDAwMDAwMDAwMDAwMDAwMDBd"},
+        {"cursor": "WyI5OTk5LTEyLTMxVDIzOjU5OjU5LTE0OjAwIiwxXQ"},  # a date past UTC's end
+        {"cursor": "WyIyMDI0LTAxLTAxVDAwOjAwOjAwIiwxXQ"},  # a date without a zone
         {"limit": 0},
         {"limit": 501},
     ],
@@ -799,10 +824,11 @@ def test_bad_paging_of_pledge_evidence_is_422(
 # --- review -----------------------------------------------------------------------------------
 
 
-def review(
-    client: TestClient, headers: dict[str, str], evidence_id: int, **body: Any
-) -> Response:
-    return client.post(f"/api/v1/evidence/{evidence_id}/review", json=body, headers=headers)
+def review(client: TestClient, headers: dict[str, str], evidence_id: int, **body: Any) -> Response:
+    response: Response = client.post(
+        f"/api/v1/evidence/{evidence_id}/review", json=body, headers=headers
+    )
+    return response
 
 
 def test_accept_a_link(client: TestClient, keys: Keys, clock: FrozenClock) -> None:
@@ -889,7 +915,9 @@ def test_review_needs_an_analyst(client: TestClient, keys: Keys) -> None:
     assert_problem(
         review(client, keys["collector"], evidence_id, pledge_id=P1, review="accepted"), 403
     )
-    assert_problem(review(client, keys["viewer"], evidence_id, pledge_id=P1, review="accepted"), 403)
+    assert_problem(
+        review(client, keys["viewer"], evidence_id, pledge_id=P1, review="accepted"), 403
+    )
     assert_problem(review(client, {}, evidence_id, pledge_id=P1, review="accepted"), 401)
     assert pledge(client)["unreviewed_evidence_count"] == 1
 
@@ -996,7 +1024,11 @@ def test_review_queue_is_for_analysts(client: TestClient, keys: Keys) -> None:
         assert response.json() == {"items": [], "next_cursor": None}
 
 
-@pytest.mark.parametrize("cursor", ["abc", "WyJ4Il0", "WzEsMl0", "W3RydWVd"])
+@pytest.mark.parametrize(
+    "cursor",
+    # abc, ["x"], [1, 2], [true], [10**20], [-5]
+    ["abc", "WyJ4Il0", "WzEsMl0", "W3RydWVd", "WzEwMDAwMDAwMDAwMDAwMDAwMDAwMF0", "Wy01XQ"],
+)
 def test_review_queue_bad_cursor_is_422(client: TestClient, keys: Keys, cursor: str) -> None:
     response = client.get(
         "/api/v1/review-queue", params={"cursor": cursor}, headers=keys["analyst"]

@@ -19,7 +19,13 @@ from tests.factories import evidence_body, pledge_body
 Keys = dict[str, dict[str, str]]
 
 STATUSES = ("not_yet_rated", "in_progress", "stalled", "compromise", "kept", "broken")
-SOURCE_TYPES = ("pledger_official", "counterpart_official", "independent", "dataset", "analyst_note")
+SOURCE_TYPES = (
+    "pledger_official",
+    "counterpart_official",
+    "independent",
+    "dataset",
+    "analyst_note",
+)
 INDEPENDENT_TYPES = ("counterpart_official", "independent", "dataset")
 LEVELS = ("unverified", "claimed", "corroborated", "verified")
 
@@ -160,14 +166,14 @@ def test_unknown_status_grades_nothing() -> None:
 
 
 def test_agreeing_stances_table_matches_the_design() -> None:
-    assert AGREEING_STANCES == {
+    assert {
         "not_yet_rated": frozenset({"supports", "undermines"}),
         "in_progress": frozenset({"supports"}),
         "compromise": frozenset({"supports"}),
         "kept": frozenset({"supports"}),
         "stalled": frozenset({"undermines"}),
         "broken": frozenset({"undermines"}),
-    }
+    } == AGREEING_STANCES
 
 
 # --- what does not count ----------------------------------------------------------------------
@@ -242,7 +248,9 @@ def test_grade_depends_only_on_agreeing_counted_sources(
 
 
 def _pledge(client: TestClient, keys: Keys, pledge_id: str = "us-cn-test-pledge") -> None:
-    response = client.post("/api/v1/pledges", json=pledge_body(id=pledge_id), headers=keys["analyst"])
+    response = client.post(
+        "/api/v1/pledges", json=pledge_body(id=pledge_id), headers=keys["analyst"]
+    )
     assert response.status_code == 201, response.text
 
 
@@ -329,9 +337,7 @@ def test_api_context_links_do_not_count(client: TestClient, keys: Keys) -> None:
     assert _verification(client) == "unverified"
 
 
-def test_api_status_change_regrades_against_the_new_status(
-    client: TestClient, keys: Keys
-) -> None:
+def test_api_status_change_regrades_against_the_new_status(client: TestClient, keys: Keys) -> None:
     _pledge(client, keys)
     _add(client, keys["analyst"], 1, source_name="Reuters", stance="undermines")
     _add(client, keys["analyst"], 2, source_name="AFP", stance="undermines")

@@ -289,9 +289,7 @@ EXOTIC = {
 
 
 @pytest.mark.parametrize("name", sorted(EXOTIC))
-def test_strings_are_stored_and_returned_exactly(
-    client: TestClient, keys: Keys, name: str
-) -> None:
+def test_strings_are_stored_and_returned_exactly(client: TestClient, keys: Keys, name: str) -> None:
     value = EXOTIC[name]
     created = create(
         client,
@@ -412,8 +410,10 @@ def test_list_returns_everything_in_id_order(client: TestClient, catalogue: list
         ({"topic": "narcotics"}, ["alpha-narcotics"]),
         ({"topic": "climate"}, []),
         ({"party": "RU"}, ["delta-russia-concern"]),
-        ({"party": "CN"}, ["alpha-narcotics", "bravo-ai-talks", "charlie-elections",
-                           "delta-russia-concern"]),
+        (
+            {"party": "CN"},
+            ["alpha-narcotics", "bravo-ai-talks", "charlie-elections", "delta-russia-concern"],
+        ),
         ({"party": "FR"}, []),
         ({"q": "fentanyl"}, ["alpha-narcotics"]),
         ({"q": "TALKS"}, ["bravo-ai-talks"]),
@@ -606,7 +606,11 @@ def test_patch_changes_descriptive_fields_and_grows_the_version(
             "made_to": ["US", "RU"],
             "venue": "Lima",
             "topics": ["trade", "ai"],
-            "source": {"title": "Readout", "url": "https://example.org/r", "published_on": "2023-11-16"},
+            "source": {
+                "title": "Readout",
+                "url": "https://example.org/r",
+                "published_on": "2023-11-16",
+            },
             "verification_criteria": "New criteria.",
             "due_on": "2025-12-31",
             "review_every_days": 7,
@@ -647,7 +651,9 @@ def test_patch_leaves_unmentioned_fields_alone(client: TestClient, keys: Keys) -
     created = create(client, keys, venue="Woodside")
 
     response = client.patch(
-        f"{API}/pledges/us-cn-test-pledge", json={"title": "Only the title"}, headers=keys["analyst"]
+        f"{API}/pledges/us-cn-test-pledge",
+        json={"title": "Only the title"},
+        headers=keys["analyst"],
     )
 
     assert response.status_code == 200, response.text
@@ -800,3 +806,65 @@ def test_patch_needs_an_analyst(client: TestClient, keys: Keys) -> None:
     assert anonymous.headers["www-authenticate"] == "Bearer"
     assert collector.status_code == 403
     assert client.get(f"{API}/pledges/us-cn-test-pledge").json()["venue"] is None
+
+
+# --- Idempotency-Key on POST /pledges -------------------------------------------------------------
+
+
+def test_a_retried_create_with_the_same_idempotency_key_makes_one_pledge(
+    client: TestClient, keys: Keys
+) -> None:
+    body = pledge_body(title="Retried pledge")
+    del body["id"]
+    headers = {**keys["analyst"], "Idempotency-Key": "create-retried-pledge-1"}
+
+    first = client.post(f"{API}/pledges", json=body, headers=headers)
+    retry = client.post(f"{API}/pledges", json=body, headers=headers)
+
+    assert first.status_code == 201, first.text
+    assert retry.status_code == 201, retry.text
+    assert retry.json() == first.json()
+    assert retry.headers["location"] == first.headers["location"]
+    assert ids(client.get(f"{API}/pledges")) == ["retried-pledge"]
+
+    other_body = client.post(
+        f"{API}/pledges", json={**body, "title": "Something else"}, headers=headers
+    )
+    assert other_body.status_code == 422, other_body.text
+    assert ids(client.get(f"{API}/pledges")) == ["retried-pledge"]
+
+
+# --- overdue ------------------------------------------------------------------------------------
+
+
+def test_overdue_counts_from_made_on_then_from_the_latest_accepted_evidence(
+    client: TestClient, keys: Keys, clock: FrozenClock
+) -> None:
+    create(client, keys, made_on="2025-01-01", due_on=None, review_every_days=10)
+    assert client.get(f"{API}/pledges/us-cn-test-pledge").json()["overdue"] is True
+
+    added = client.post(
+        f"{API}/pledges/us-cn-test-pledge/evidence",
+        json=evidence_body(published_at="2025-01-10T00:00:00Z", stance="context"),
+        headers=keys["analyst"],
+    )
+    assert added.status_code == 201, added.text
+    assert client.get(f"{API}/pledges/us-cn-test-pledge").json()["overdue"] is False
+
+    clock.set(datetime(2025, 1, 21, 12, 0, tzinfo=UTC))
+    assert client.get(f"{API}/pledges/us-cn-test-pledge").json()["overdue"] is True
+    assert client.get(f"{API}/status").json()["pledges"][0]["overdue"] is True
+
+
+def test_a_final_verdict_is_never_overdue(client: TestClient, keys: Keys) -> None:
+    create(client, keys)
+    assert client.get(f"{API}/pledges/us-cn-test-pledge").json()["overdue"] is True
+
+    kept = client.post(
+        f"{API}/pledges/us-cn-test-pledge/status",
+        json={"status": "kept", "reason": "Done."},
+        headers=keys["analyst"],
+    )
+    assert kept.status_code == 201, kept.text
+
+    assert client.get(f"{API}/pledges/us-cn-test-pledge").json()["overdue"] is False
