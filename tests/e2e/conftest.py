@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,42 +21,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(db_url: str, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def running_server(database_url: str, log_path: Path) -> Iterator[str]:
+    """``pledgewatch serve`` in its own process on ``database_url``; yields its base URL."""
     port = free_port()
     env = {
         **os.environ,
-        "PLEDGEWATCH_DATABASE_URL": db_url,
+        "PLEDGEWATCH_DATABASE_URL": database_url,
         "PLEDGEWATCH_SCHEDULER_ENABLED": "false",
         "PLEDGEWATCH_LOG_LEVEL": "WARNING",
     }
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError(
-                    "server did not start: " + (tmp_path / "server.log").read_text()[-2000:]
-                )
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise RuntimeError("server did not start: " + log_path.read_text()[-2000:])
+                time.sleep(0.1)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def live_server(db_url: str, tmp_path: Path) -> Iterator[str]:
+    with running_server(db_url, tmp_path / "server.log") as base:
+        yield base

@@ -8,13 +8,9 @@ nothing may be a 500.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -28,7 +24,7 @@ from app.domain.keys.service import create_key
 from app.main import create_app
 from app.migrate import upgrade
 from app.seed.loader import seed
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import running_server
 
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 
@@ -63,42 +59,17 @@ def fuzz_target(
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = parsed.set(database=name).render_as_string(hide_password=False)
     key = _prepare(url)
-    port = free_port()
     log_path = folder / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            env={
-                **os.environ,
-                "PLEDGEWATCH_DATABASE_URL": url,
-                "PLEDGEWATCH_SCHEDULER_ENABLED": "false",
-                "PLEDGEWATCH_LOG_LEVEL": "WARNING",
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log_path.read_text()[-2000:])
-                time.sleep(0.1)
+    try:
+        with running_server(url, log_path) as base_url:
             yield base_url, key
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-            if admin_engine is not None:
-                with admin_engine.connect() as conn:
-                    conn.execute(
-                        text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-                    )
-                admin_engine.dispose()
+    finally:
+        if admin_engine is not None:
+            with admin_engine.connect() as conn:
+                conn.execute(
+                    text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+                )
+            admin_engine.dispose()
     server_errors = [
         line for line in log_path.read_text().splitlines() if '"level": "error"' in line
     ]
