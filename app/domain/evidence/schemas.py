@@ -136,7 +136,7 @@ class EvidenceBatch(BaseModel):
     )
 
     items: Annotated[
-        list[dict[str, Any]],
+        list[Any],
         Field(
             min_length=1,
             max_length=MAX_BATCH,
@@ -146,7 +146,7 @@ class EvidenceBatch(BaseModel):
                 "items": {
                     "anyOf": [
                         {"$ref": "#/components/schemas/EvidenceCreate"},
-                        {"type": "object", "description": "answered with a per-item 422"},
+                        {"description": "anything else is answered with a per-item 422"},
                     ]
                 }
             },
