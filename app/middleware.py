@@ -100,6 +100,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app an already-read body once, then defers to the client."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class _TooLarge(Exception):
     pass
 
@@ -173,17 +187,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
 
 class IdempotencyMiddleware:
@@ -286,14 +290,7 @@ class IdempotencyMiddleware:
         captured_status = 500
         captured_headers: list[list[str]] = []
         chunks: list[bytes] = []
-        delivered = False
-
-        async def replay_receive() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        replay_receive = replaying(body, receive)
 
         async def capturing_send(message: Message) -> None:
             nonlocal captured_status, captured_headers
