@@ -13,36 +13,19 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from tests.factories import evidence_body, pledge_body
+from tests.factories import (
+    PLEDGE_ID,
+    Keys,
+    evidence_body,
+    make_pledge,
+    pledge_body,
+    problem,
+)
 
-Keys = dict[str, dict[str, str]]
-PROBLEM = "application/problem+json"
-P1 = "us-cn-test-pledge"
+P1 = PLEDGE_ID
+
 LIMIT = 1024 * 1024
 JSON_HEADERS = {"Content-Type": "application/json"}
-
-
-def make_pledge(client: TestClient, keys: Keys, pledge_id: str = P1) -> None:
-    response = client.post(
-        "/api/v1/pledges", json=pledge_body(id=pledge_id), headers=keys["analyst"]
-    )
-    assert response.status_code == 201, response.text
-
-
-def problem(response: Response, status: int, *fields: str) -> dict[str, Any]:
-    """Assert an RFC 9457 answer with ``status`` whose errors name each of ``fields``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str)
-    assert body["title"]
-    assert isinstance(body["detail"], str)
-    assert body["type"].startswith("https://")
-    named = [error["field"] for error in body.get("errors") or []]
-    for field in fields:
-        assert field in named, body
-    return body
 
 
 def post_raw(

@@ -15,23 +15,22 @@ from sqlalchemy import func, select, update
 from app.clock import FrozenClock
 from app.db import Database
 from app.domain.idempotency.models import IdempotencyRecord
-from tests.factories import evidence_body, pledge_body
+from tests.factories import (
+    PLEDGE_ID,
+    Keys,
+    evidence_body,
+    make_pledge,
+    pledge_body,
+    problem,
+)
 
-Keys = dict[str, dict[str, str]]
-PROBLEM = "application/problem+json"
-P1 = "us-cn-test-pledge"
+P1 = PLEDGE_ID
+
 REPLAYED = "idempotent-replayed"
 
 
 def with_key(headers: dict[str, str], key: str) -> dict[str, str]:
     return {**headers, "Idempotency-Key": key}
-
-
-def make_pledge(client: TestClient, keys: Keys, pledge_id: str = P1) -> None:
-    response = client.post(
-        "/api/v1/pledges", json=pledge_body(id=pledge_id), headers=keys["analyst"]
-    )
-    assert response.status_code == 201, response.text
 
 
 def post_evidence(
@@ -51,16 +50,6 @@ def assert_replay_of(replay: Response, first: Response) -> None:
     assert replay.headers[REPLAYED] == "true"
     assert replay.headers["content-type"] == first.headers["content-type"]
     assert REPLAYED not in first.headers
-
-
-def assert_problem(response: Response, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    if field is not None:
-        assert field in [e["field"] for e in body.get("errors") or []], body
-    return body
 
 
 def history(client: TestClient, pledge_id: str = P1) -> list[dict[str, Any]]:
@@ -145,7 +134,7 @@ def test_an_error_answer_is_replayed_too(client: TestClient, keys: Keys) -> None
     make_pledge(client, keys)
     headers = with_key(keys["collector"], "bad-1")
     first = post_evidence(client, headers, published_at="2024-02-30")
-    assert_problem(first, 422, "published_at")
+    problem(first, 422, "published_at")
     replay = post_evidence(client, headers, published_at="2024-02-30")
     assert_replay_of(replay, first)
 
@@ -195,7 +184,7 @@ def test_same_key_with_another_body_is_422(client: TestClient, keys: Keys) -> No
     first = post_evidence(client, headers, 1)
     assert first.status_code == 201
     other = post_evidence(client, headers, 2)
-    found = assert_problem(other, 422, "Idempotency-Key")
+    found = problem(other, 422, "Idempotency-Key")
     assert "different" in found["detail"]
     assert REPLAYED not in other.headers
     items = client.get(f"/api/v1/pledges/{P1}/evidence").json()["items"]
@@ -212,7 +201,7 @@ def test_same_key_on_another_path_is_422(client: TestClient, keys: Keys) -> None
     first = client.post(f"/api/v1/pledges/{P1}/evidence", json=body, headers=headers)
     assert first.status_code == 201
     other = client.post("/api/v1/pledges/us-cn-second-pledge/evidence", json=body, headers=headers)
-    assert_problem(other, 422, "Idempotency-Key")
+    problem(other, 422, "Idempotency-Key")
     assert client.get("/api/v1/pledges/us-cn-second-pledge/evidence").json()["items"] == []
 
 
@@ -230,7 +219,7 @@ def test_same_key_for_another_status_is_422_and_changes_nothing(
     other = client.post(
         f"/api/v1/pledges/{P1}/status", json={"status": "stalled", "reason": "r"}, headers=headers
     )
-    assert_problem(other, 422, "Idempotency-Key")
+    problem(other, 422, "Idempotency-Key")
     assert [c["to_status"] for c in history(client)] == ["not_yet_rated", "in_progress"]
 
 
@@ -258,7 +247,7 @@ def test_keys_are_scoped_per_api_key(client: TestClient, keys: Keys) -> None:
 def test_anonymous_and_keyed_requests_do_not_share_keys(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     refused = post_evidence(client, {"Idempotency-Key": "anon"})
-    assert_problem(refused, 401)
+    problem(refused, 401)
     accepted = post_evidence(client, with_key(keys["collector"], "anon"))
     assert accepted.status_code == 201
     assert REPLAYED not in accepted.headers
@@ -292,7 +281,7 @@ def test_a_key_still_in_progress_is_409(
     assert first.status_code == 201
     _mark_in_progress(database, "slow-1", clock.now())
     busy = post_evidence(client, headers)
-    found = assert_problem(busy, 409)
+    found = problem(busy, 409)
     assert "progress" in found["title"].lower() or "running" in found["detail"]
     assert int(busy.headers["retry-after"]) >= 1
     assert REPLAYED not in busy.headers
@@ -322,7 +311,7 @@ def test_an_inserted_in_progress_record_blocks_its_key(
         )
     headers = {**with_key(keys["collector"], "running-1"), "Content-Type": "application/json"}
     busy = client.post(path, content=raw, headers=headers)
-    assert_problem(busy, 409)
+    problem(busy, 409)
     assert client.get(f"{path}").json()["items"] == []
     # Another API key with the same Idempotency-Key is not blocked.
     other = {**with_key(keys["analyst"], "running-1"), "Content-Type": "application/json"}
@@ -344,7 +333,7 @@ def test_a_different_body_while_in_progress_is_422(
             )
         )
     response = post_evidence(client, with_key(keys["collector"], "running-2"))
-    assert_problem(response, 422, "Idempotency-Key")
+    problem(response, 422, "Idempotency-Key")
     assert client.get(f"/api/v1/pledges/{P1}/evidence").json()["items"] == []
 
 
@@ -399,7 +388,7 @@ def test_keys_are_kept_for_24_hours(client: TestClient, keys: Keys, clock: Froze
     first = post_evidence(client, headers, 1)
     clock.advance(timedelta(hours=23, minutes=59))
     assert_replay_of(post_evidence(client, headers, 1), first)
-    assert_problem(post_evidence(client, headers, 2), 422, "Idempotency-Key")
+    problem(post_evidence(client, headers, 2), 422, "Idempotency-Key")
 
 
 def test_a_key_older_than_24_hours_can_be_reused(
@@ -486,7 +475,7 @@ def test_a_malformed_key_is_422(client: TestClient, keys: Keys, key: str) -> Non
         json=evidence_body(stance="supports"),
         headers=headers,
     )
-    assert_problem(response, 422, "Idempotency-Key")
+    problem(response, 422, "Idempotency-Key")
     assert client.get(f"/api/v1/pledges/{P1}/evidence").json()["items"] == []
 
 

@@ -10,20 +10,20 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from app.clock import FrozenClock
-from tests.factories import evidence_body, pledge_body
+from tests.factories import (
+    PLEDGE_ID,
+    PROBLEM,
+    Keys,
+    evidence_body,
+    make_pledge,
+    problem,
+    problem_fields,
+)
 
-Keys = dict[str, dict[str, str]]
-PROBLEM = "application/problem+json"
-P1 = "us-cn-test-pledge"
+P1 = PLEDGE_ID
+
 P2 = "us-cn-second-pledge"
 P3 = "us-cn-third-pledge"
-
-
-def make_pledge(client: TestClient, keys: Keys, pledge_id: str = P1) -> None:
-    response = client.post(
-        "/api/v1/pledges", json=pledge_body(id=pledge_id), headers=keys["analyst"]
-    )
-    assert response.status_code == 201, response.text
 
 
 def add_to_pledge(
@@ -46,22 +46,6 @@ def add_to_pledge(
 def multi(n: int, links: list[tuple[str, str]], **overrides: Any) -> dict[str, Any]:
     body = evidence_body(n, **overrides)
     body["links"] = [{"pledge_id": pid, "stance": stance} for pid, stance in links]
-    return body
-
-
-def fields_of(problem: dict[str, Any]) -> list[str]:
-    return [error["field"] for error in problem.get("errors") or []]
-
-
-def assert_problem(response: Response, status: int, *fields: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    assert body["type"].startswith("https://")
-    for field in fields:
-        assert field in fields_of(body), body
     return body
 
 
@@ -222,7 +206,7 @@ def test_given_content_hash_identifies_the_item(client: TestClient, keys: Keys) 
 def test_bad_content_hash_is_422(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     response = add_to_pledge(client, keys["collector"], content_hash="not-a-hash")
-    assert_problem(response, 422, "content_hash")
+    problem(response, 422, "content_hash")
 
 
 def test_existing_item_posted_to_another_pledge_is_linked_not_copied(
@@ -261,28 +245,28 @@ def test_posting_again_to_the_same_pledge_changes_nothing(client: TestClient, ke
 def test_add_to_unknown_pledge_is_404(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     response = add_to_pledge(client, keys["collector"], pledge_id="no-such-pledge")
-    assert_problem(response, 404)
+    problem(response, 404)
     assert client.get("/api/v1/evidence/1").status_code == 404
 
 
 def test_add_needs_a_collector_key(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     anonymous = add_to_pledge(client, {})
-    assert_problem(anonymous, 401)
+    problem(anonymous, 401)
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
-    assert_problem(add_to_pledge(client, keys["viewer"]), 403)
+    problem(add_to_pledge(client, keys["viewer"]), 403)
     bogus = add_to_pledge(client, {"Authorization": "Bearer pw_not-a-key"})
-    assert_problem(bogus, 401)
+    problem(bogus, 401)
     assert pledge_evidence(client)["items"] == []
 
 
 def test_bad_stance_is_422(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
-    assert_problem(add_to_pledge(client, keys["collector"], stance="maybe"), 422, "stance")
+    problem(add_to_pledge(client, keys["collector"], stance="maybe"), 422, "stance")
     missing = client.post(
         f"/api/v1/pledges/{P1}/evidence", json=evidence_body(), headers=keys["collector"]
     )
-    assert_problem(missing, 422, "stance")
+    problem(missing, 422, "stance")
 
 
 @pytest.mark.parametrize(
@@ -307,7 +291,7 @@ def test_invalid_fields_are_422_naming_the_field(
     make_pledge(client, keys)
     overrides: dict[str, Any] = {field: value}
     response = add_to_pledge(client, keys["collector"], **overrides)
-    assert_problem(response, 422, field)
+    problem(response, 422, field)
     assert pledge_evidence(client)["items"] == []
 
 
@@ -324,8 +308,8 @@ def test_fetched_at_is_kept(client: TestClient, keys: Keys) -> None:
 def test_published_in_the_future_is_422_naming_published_at(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     response = add_to_pledge(client, keys["collector"], published_at="2025-01-16T12:00:00Z")
-    body = assert_problem(response, 422, "published_at")
-    assert fields_of(body) == ["published_at"]
+    body = problem(response, 422, "published_at")
+    assert problem_fields(body) == ["published_at"]
     assert pledge_evidence(client)["items"] == []
 
 
@@ -334,14 +318,14 @@ def test_future_tolerance_is_a_few_minutes(client: TestClient, keys: Keys) -> No
     near = add_to_pledge(client, keys["collector"], 1, published_at="2025-01-15T12:04:00Z")
     assert near.status_code == 201, near.text
     far = add_to_pledge(client, keys["collector"], 2, published_at="2025-01-15T12:06:00Z")
-    assert_problem(far, 422, "published_at")
+    problem(far, 422, "published_at")
 
 
 def test_future_is_judged_by_the_service_clock(
     client: TestClient, keys: Keys, clock: FrozenClock
 ) -> None:
     make_pledge(client, keys)
-    assert_problem(
+    problem(
         add_to_pledge(client, keys["collector"], published_at="2025-02-01T00:00:00Z"),
         422,
         "published_at",
@@ -356,7 +340,7 @@ def test_future_is_judged_by_the_service_clock(
 def test_fetched_in_the_future_is_422(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     response = add_to_pledge(client, keys["collector"], fetched_at="2026-01-01T00:00:00Z")
-    assert_problem(response, 422, "fetched_at")
+    problem(response, 422, "fetched_at")
 
 
 def test_date_only_published_at_is_midnight_utc(client: TestClient, keys: Keys) -> None:
@@ -374,7 +358,7 @@ def test_date_only_today_is_accepted_and_tomorrow_is_not(client: TestClient, key
     assert today.status_code == 201, today.text
     assert today.json()["published_at"] == "2025-01-15T00:00:00Z"
     tomorrow = add_to_pledge(client, keys["collector"], 2, published_at="2025-01-16")
-    assert_problem(tomorrow, 422, "published_at")
+    problem(tomorrow, 422, "published_at")
 
 
 def test_date_only_is_the_same_item_as_its_midnight(client: TestClient, keys: Keys) -> None:
@@ -400,7 +384,7 @@ def test_offsets_are_converted_to_utc(client: TestClient, keys: Keys) -> None:
 def test_out_of_range_datetimes_are_422(client: TestClient, keys: Keys, value: str) -> None:
     make_pledge(client, keys)
     response = add_to_pledge(client, keys["collector"], published_at=value)
-    assert_problem(response, 422, "published_at")
+    problem(response, 422, "published_at")
 
 
 # --- POST /evidence (several links) -----------------------------------------------------------
@@ -442,8 +426,8 @@ def test_multi_link_with_an_unknown_pledge_is_422_naming_the_link(
     make_pledge(client, keys, P1)
     body = multi(1, [(P1, "supports"), ("no-such-pledge", "supports")])
     response = client.post("/api/v1/evidence", json=body, headers=keys["collector"])
-    problem = assert_problem(response, 422, "links[1].pledge_id")
-    assert "no-such-pledge" in problem["errors"][0]["message"]
+    refused = problem(response, 422, "links[1].pledge_id")
+    assert "no-such-pledge" in refused["errors"][0]["message"]
     # Nothing was stored: not the item, not the link to the pledge that does exist.
     assert pledge_evidence(client, P1)["items"] == []
     assert client.get("/api/v1/evidence/1").status_code == 404
@@ -454,7 +438,7 @@ def test_multi_link_naming_the_same_pledge_twice_is_422(client: TestClient, keys
     make_pledge(client, keys, P2)
     body = multi(1, [(P1, "supports"), (P2, "supports"), (P1, "undermines")])
     response = client.post("/api/v1/evidence", json=body, headers=keys["collector"])
-    assert_problem(response, 422, "links[2].pledge_id")
+    problem(response, 422, "links[2].pledge_id")
     assert pledge_evidence(client, P1)["items"] == []
 
 
@@ -473,7 +457,7 @@ def test_bad_links_are_422_naming_the_field(
     make_pledge(client, keys, P1)
     body = {**evidence_body(), "links": links}
     response = client.post("/api/v1/evidence", json=body, headers=keys["collector"])
-    assert_problem(response, 422, field)
+    problem(response, 422, field)
 
 
 def test_multi_link_adds_new_links_to_a_known_item(client: TestClient, keys: Keys) -> None:
@@ -497,7 +481,7 @@ def test_multi_link_needs_a_collector(client: TestClient, keys: Keys) -> None:
     response = client.post(
         "/api/v1/evidence", json=multi(1, [(P1, "supports")]), headers=keys["viewer"]
     )
-    assert_problem(response, 403)
+    problem(response, 403)
 
 
 # --- POST /evidence/batch ---------------------------------------------------------------------
@@ -538,11 +522,11 @@ def test_batch_results_are_in_order_with_their_own_status(client: TestClient, ke
         8: "links[1].pledge_id",
     }
     for index, field in expected_fields.items():
-        problem = results[index]["problem"]
-        assert problem is not None, results[index]
-        assert field in fields_of(problem), (index, problem)
-        assert problem["title"] == "Invalid input"
-        assert field in problem["detail"]
+        item_problem = results[index]["item_problem"]
+        assert item_problem is not None, results[index]
+        assert field in problem_fields(item_problem), (index, item_problem)
+        assert item_problem["title"] == "Invalid input"
+        assert field in item_problem["detail"]
         assert results[index]["id"] is None
     assert results[2]["id"] == known
     assert results[0]["id"] not in (None, known)
@@ -576,7 +560,7 @@ def test_batch_unknown_pledge_rejects_the_whole_item(client: TestClient, keys: K
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     assert result["status"] == 422
-    assert fields_of(result["problem"]) == ["links[1].pledge_id"]
+    assert problem_fields(result["problem"]) == ["links[1].pledge_id"]
     assert pledge_evidence(client)["items"] == []
 
 
@@ -641,7 +625,7 @@ def test_batch_over_a_thousand_items_is_422(client: TestClient, keys: Keys) -> N
     make_pledge(client, keys, P1)
     items = [multi(n, [(P1, "supports")], summary="") for n in range(1001)]
     response = batch(client, keys["collector"], items)
-    assert_problem(response, 422, "items")
+    problem(response, 422, "items")
     assert pledge_evidence(client)["items"] == []
 
 
@@ -658,13 +642,13 @@ def test_bad_batch_envelope_is_422(
     client: TestClient, keys: Keys, body: dict[str, Any], field: str
 ) -> None:
     response = client.post("/api/v1/evidence/batch", json=body, headers=keys["collector"])
-    assert_problem(response, 422, field)
+    problem(response, 422, field)
 
 
 def test_batch_needs_a_collector(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys, P1)
-    assert_problem(batch(client, keys["viewer"], [multi(1, [(P1, "supports")])]), 403)
-    assert_problem(batch(client, {}, [multi(1, [(P1, "supports")])]), 401)
+    problem(batch(client, keys["viewer"], [multi(1, [(P1, "supports")])]), 403)
+    problem(batch(client, {}, [multi(1, [(P1, "supports")])]), 401)
     assert pledge_evidence(client)["items"] == []
 
 
@@ -734,9 +718,9 @@ def test_get_evidence_with_all_its_links(client: TestClient, keys: Keys) -> None
 
 
 def test_get_unknown_evidence_is_404(client: TestClient) -> None:
-    assert_problem(client.get("/api/v1/evidence/12345"), 404)
-    assert_problem(client.get("/api/v1/evidence/0"), 422, "evidence_id")
-    assert_problem(client.get("/api/v1/evidence/2147483648"), 422, "evidence_id")
+    problem(client.get("/api/v1/evidence/12345"), 404)
+    problem(client.get("/api/v1/evidence/0"), 422, "evidence_id")
+    problem(client.get("/api/v1/evidence/2147483648"), 422, "evidence_id")
     not_an_id = client.get("/api/v1/evidence/abc")
     assert not_an_id.status_code in (404, 422)
     assert not_an_id.headers["content-type"].startswith(PROBLEM)
@@ -794,7 +778,7 @@ def test_pledge_evidence_pages_with_a_cursor(client: TestClient, keys: Keys) -> 
 
 
 def test_pledge_evidence_of_unknown_pledge_is_404(client: TestClient) -> None:
-    assert_problem(client.get("/api/v1/pledges/no-such-pledge/evidence"), 404)
+    problem(client.get("/api/v1/pledges/no-such-pledge/evidence"), 404)
 
 
 @pytest.mark.parametrize(
@@ -815,7 +799,7 @@ def test_bad_paging_of_pledge_evidence_is_422(
 ) -> None:
     make_pledge(client, keys)
     response = client.get(f"/api/v1/pledges/{P1}/evidence", params=params)
-    assert_problem(response, 422, next(iter(params)))
+    problem(response, 422, next(iter(params)))
 
 
 # --- review -----------------------------------------------------------------------------------
@@ -909,13 +893,9 @@ def test_review_only_touches_one_link(client: TestClient, keys: Keys) -> None:
 def test_review_needs_an_analyst(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
     evidence_id = add_to_pledge(client, keys["collector"]).json()["id"]
-    assert_problem(
-        review(client, keys["collector"], evidence_id, pledge_id=P1, review="accepted"), 403
-    )
-    assert_problem(
-        review(client, keys["viewer"], evidence_id, pledge_id=P1, review="accepted"), 403
-    )
-    assert_problem(review(client, {}, evidence_id, pledge_id=P1, review="accepted"), 401)
+    problem(review(client, keys["collector"], evidence_id, pledge_id=P1, review="accepted"), 403)
+    problem(review(client, keys["viewer"], evidence_id, pledge_id=P1, review="accepted"), 403)
+    problem(review(client, {}, evidence_id, pledge_id=P1, review="accepted"), 401)
     assert pledge(client)["unreviewed_evidence_count"] == 1
 
 
@@ -924,15 +904,15 @@ def test_review_of_an_unlinked_pledge_is_422(client: TestClient, keys: Keys) -> 
     make_pledge(client, keys, P2)
     evidence_id = add_to_pledge(client, keys["collector"], pledge_id=P1).json()["id"]
     response = review(client, keys["analyst"], evidence_id, pledge_id=P2, review="accepted")
-    assert_problem(response, 422, "pledge_id")
+    problem(response, 422, "pledge_id")
     response = review(client, keys["analyst"], evidence_id, pledge_id="ghost", review="accepted")
-    assert_problem(response, 422, "pledge_id")
+    problem(response, 422, "pledge_id")
     assert pledge(client, P1)["unreviewed_evidence_count"] == 1
 
 
 def test_review_of_unknown_evidence_is_404(client: TestClient, keys: Keys) -> None:
     make_pledge(client, keys)
-    assert_problem(review(client, keys["analyst"], 999, pledge_id=P1, review="accepted"), 404)
+    problem(review(client, keys["analyst"], 999, pledge_id=P1, review="accepted"), 404)
 
 
 @pytest.mark.parametrize(
@@ -951,7 +931,7 @@ def test_bad_review_bodies_are_422(
 ) -> None:
     make_pledge(client, keys)
     evidence_id = add_to_pledge(client, keys["collector"]).json()["id"]
-    assert_problem(review(client, keys["analyst"], evidence_id, **body), 422, field)
+    problem(review(client, keys["analyst"], evidence_id, **body), 422, field)
 
 
 # --- GET /review-queue ------------------------------------------------------------------------
@@ -1012,9 +992,9 @@ def test_review_queue_is_oldest_first_and_paginated(
 
 
 def test_review_queue_is_for_analysts(client: TestClient, keys: Keys) -> None:
-    assert_problem(client.get("/api/v1/review-queue", headers=keys["collector"]), 403)
-    assert_problem(client.get("/api/v1/review-queue", headers=keys["viewer"]), 403)
-    assert_problem(client.get("/api/v1/review-queue"), 401)
+    problem(client.get("/api/v1/review-queue", headers=keys["collector"]), 403)
+    problem(client.get("/api/v1/review-queue", headers=keys["viewer"]), 403)
+    problem(client.get("/api/v1/review-queue"), 401)
     for role in ("analyst", "admin"):
         response = client.get("/api/v1/review-queue", headers=keys[role])
         assert response.status_code == 200
@@ -1030,4 +1010,4 @@ def test_review_queue_bad_cursor_is_422(client: TestClient, keys: Keys, cursor: 
     response = client.get(
         "/api/v1/review-queue", params={"cursor": cursor}, headers=keys["analyst"]
     )
-    assert_problem(response, 422, "cursor")
+    problem(response, 422, "cursor")

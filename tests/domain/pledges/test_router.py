@@ -12,11 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.clock import FrozenClock
-from tests.factories import evidence_body, pledge_body
+from tests.factories import PROBLEM, Keys, evidence_body, invalid_fields, pledge_body
 
-Keys = dict[str, dict[str, str]]
 API = "/api/v1"
-PROBLEM = "application/problem+json"
 
 
 def create(client: TestClient, keys: Keys, **overrides: Any) -> dict[str, Any]:
@@ -24,15 +22,6 @@ def create(client: TestClient, keys: Keys, **overrides: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def fields_of(response: httpx.Response) -> list[str]:
-    """The fields a 422 problem names (asserting it is one)."""
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    problem = response.json()
-    assert problem["status"] == 422
-    return [error["field"] for error in problem["errors"]]
 
 
 def ids(response: httpx.Response) -> list[str]:
@@ -221,14 +210,14 @@ def test_create_rejects_bad_input_with_422_naming_the_field(
 ) -> None:
     response = client.post(f"{API}/pledges", json=pledge_body(**overrides), headers=keys["analyst"])
 
-    assert field in fields_of(response)
+    assert field in invalid_fields(response)
     assert ids(client.get(f"{API}/pledges")) == []
 
 
 def test_create_without_required_fields_names_each(client: TestClient, keys: Keys) -> None:
     response = client.post(f"{API}/pledges", json={"id": "bare"}, headers=keys["analyst"])
 
-    assert set(fields_of(response)) >= {
+    assert set(invalid_fields(response)) >= {
         "title",
         "text",
         "made_by",
@@ -265,7 +254,7 @@ def test_made_on_is_judged_by_the_services_clock(
     refused = client.post(
         f"{API}/pledges", json=pledge_body(made_on="2025-03-01"), headers=keys["analyst"]
     )
-    assert fields_of(refused) == ["made_on"]
+    assert invalid_fields(refused) == ["made_on"]
 
     clock.set(datetime(2025, 3, 1, 0, 0, tzinfo=UTC))
     accepted = client.post(
@@ -451,7 +440,7 @@ def test_list_filters(
 def test_list_rejects_bad_query_parameters(
     client: TestClient, catalogue: list[str], query: dict[str, str], field: str
 ) -> None:
-    assert field in fields_of(client.get(f"{API}/pledges", params=query))
+    assert field in invalid_fields(client.get(f"{API}/pledges", params=query))
 
 
 @pytest.mark.parametrize("query", [{}, {"kind": "commitment"}, {"party": "CN"}])
@@ -511,7 +500,7 @@ def test_empty_list(client: TestClient) -> None:
 def test_a_garbage_cursor_is_422_naming_cursor(
     client: TestClient, catalogue: list[str], cursor: str
 ) -> None:
-    assert fields_of(client.get(f"{API}/pledges", params={"cursor": cursor})) == ["cursor"]
+    assert invalid_fields(client.get(f"{API}/pledges", params={"cursor": cursor})) == ["cursor"]
 
 
 # --- GET /pledges/{id} --------------------------------------------------------------------------
@@ -782,7 +771,7 @@ def test_patch_rejects_bad_input_with_422_and_changes_nothing(
 
     response = client.patch(f"{API}/pledges/us-cn-test-pledge", json=body, headers=keys["analyst"])
 
-    assert field in fields_of(response)
+    assert field in invalid_fields(response)
     assert client.get(f"{API}/pledges/us-cn-test-pledge").json() == created
 
 

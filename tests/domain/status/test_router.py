@@ -15,12 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.clock import FrozenClock
-from tests.factories import evidence_body, pledge_body
+from tests.factories import PLEDGE_ID, PROBLEM, Keys, evidence_body, invalid_fields, pledge_body
 
-Keys = dict[str, dict[str, str]]
+PLEDGE = PLEDGE_ID
+
 API = "/api/v1"
-PROBLEM = "application/problem+json"
-PLEDGE = "us-cn-test-pledge"
 STATUSES = ("not_yet_rated", "in_progress", "stalled", "compromise", "kept", "broken")
 MADE_ON = datetime(2023, 11, 15, tzinfo=UTC)
 
@@ -128,12 +127,6 @@ def history(client: TestClient, pledge_id: str = PLEDGE, **params: str) -> list[
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
-
-
-def fields_of(response: httpx.Response) -> list[str]:
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    return [error["field"] for error in response.json()["errors"]]
 
 
 def status_etag(client: TestClient, **params: str) -> str:
@@ -263,7 +256,7 @@ def test_effective_at_may_be_backdated_to_made_on_but_not_before(
     client: TestClient, keys: Keys, made: dict[str, Any]
 ) -> None:
     too_early = post_status(client, keys, "in_progress", effective_at="2023-11-14T23:59:59Z")
-    assert fields_of(too_early) == ["effective_at"]
+    assert invalid_fields(too_early) == ["effective_at"]
     assert "made" in too_early.json()["errors"][0]["message"]
 
     at_start = post_status(client, keys, "in_progress", effective_at="2023-11-15")
@@ -280,7 +273,7 @@ def test_effective_at_in_the_future_is_422(
 ) -> None:
     response = post_status(client, keys, "in_progress", effective_at=effective_at)
 
-    assert fields_of(response) == ["effective_at"]
+    assert invalid_fields(response) == ["effective_at"]
     assert pledge(client)["status"] == "not_yet_rated"
 
 
@@ -328,7 +321,7 @@ def test_bad_status_bodies_are_422_naming_the_field(
 ) -> None:
     response = client.post(f"{API}/pledges/{PLEDGE}/status", json=body, headers=keys["analyst"])
 
-    assert field in fields_of(response)
+    assert field in invalid_fields(response)
     assert pledge(client)["status"] == "not_yet_rated"
 
 
@@ -340,13 +333,13 @@ def test_evidence_ids_must_be_linked_to_the_pledge(
     theirs = add_evidence(client, keys, 2, pledge_id="another-pledge")["id"]
 
     unknown = post_status(client, keys, "in_progress", evidence_ids=[999_999])
-    assert fields_of(unknown) == ["evidence_ids[0]"]
+    assert invalid_fields(unknown) == ["evidence_ids[0]"]
 
     foreign = post_status(client, keys, "in_progress", evidence_ids=[theirs])
-    assert fields_of(foreign) == ["evidence_ids[0]"]
+    assert invalid_fields(foreign) == ["evidence_ids[0]"]
 
     second_bad = post_status(client, keys, "in_progress", evidence_ids=[mine, theirs])
-    assert fields_of(second_bad) == ["evidence_ids[1]"]
+    assert invalid_fields(second_bad) == ["evidence_ids[1]"]
     assert pledge(client)["status"] == "not_yet_rated"
 
     accepted = post_status(client, keys, "in_progress", evidence_ids=[mine])
@@ -521,7 +514,7 @@ def test_history_garbage_cursor_is_422(
 ) -> None:
     response = client.get(f"{API}/pledges/{PLEDGE}/history", params={"cursor": cursor})
 
-    assert fields_of(response) == ["cursor"]
+    assert invalid_fields(response) == ["cursor"]
 
 
 def test_history_of_an_unknown_pledge_is_404(client: TestClient) -> None:
@@ -561,7 +554,7 @@ def test_history_known_at_must_be_a_past_instant(
 ) -> None:
     response = client.get(f"{API}/pledges/{PLEDGE}/history", params={"known_at": known_at})
 
-    assert fields_of(response) == ["known_at"]
+    assert invalid_fields(response) == ["known_at"]
 
 
 # --- GET /status --------------------------------------------------------------------------------
@@ -660,7 +653,7 @@ def test_status_filters_and_counts_follow_them(
     ],
 )
 def test_status_bad_filters_are_422(client: TestClient, params: dict[str, str], field: str) -> None:
-    assert field in fields_of(client.get(f"{API}/status", params=params))
+    assert field in invalid_fields(client.get(f"{API}/status", params=params))
 
 
 def test_status_etag_and_304(client: TestClient, keys: Keys, made: dict[str, Any]) -> None:
@@ -803,7 +796,7 @@ def test_status_as_of_before_a_pledge_was_made_leaves_it_out(
 )
 @pytest.mark.parametrize("name", ["as_of", "known_at"])
 def test_status_bad_instants_are_422(client: TestClient, name: str, value: str) -> None:
-    assert fields_of(client.get(f"{API}/status", params={name: value})) == [name]
+    assert invalid_fields(client.get(f"{API}/status", params={name: value})) == [name]
 
 
 @pytest.mark.parametrize("value", ["2025-01-16", "2025-01-15T13:00:00Z", "2099-01-01"])
@@ -811,7 +804,7 @@ def test_status_bad_instants_are_422(client: TestClient, name: str, value: str) 
 def test_status_instants_in_the_future_are_422(client: TestClient, name: str, value: str) -> None:
     response = client.get(f"{API}/status", params={name: value})
 
-    assert fields_of(response) == [name]
+    assert invalid_fields(response) == [name]
     assert "future" in response.json()["errors"][0]["message"]
 
 
