@@ -522,7 +522,7 @@ def test_batch_results_are_in_order_with_their_own_status(client: TestClient, ke
         8: "links[1].pledge_id",
     }
     for index, field in expected_fields.items():
-        item_problem = results[index]["item_problem"]
+        item_problem = results[index]["problem"]
         assert item_problem is not None, results[index]
         assert field in problem_fields(item_problem), (index, item_problem)
         assert item_problem["title"] == "Invalid input"
