@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A validation location as clients write it: ``links[0].pledge_id``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
+    return path
+
+
+def describe(error: Mapping[str, Any]) -> str:
+    """The message for one pydantic error, in the service's words where pydantic's mislead."""
+    if error.get("type") == "extra_forbidden":
+        return "is not a field of this request"
+    return str(error.get("msg", "is invalid"))
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]], *, whole: str) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"field", "message"}``; ``whole`` names an error of the whole value."""
+    return [
+        {"field": field_path(e.get("loc", ())) or whole, "message": describe(e)} for e in errors
+    ]
 
 
 class DomainError(Exception):

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from app.errors import DomainError
+from app.errors import DomainError, field_errors
 
 PROBLEM_JSON = "application/problem+json"
 _BASE = "https://pledgewatch.dev/problems/"
@@ -57,43 +57,34 @@ def problem_response(
     )
 
 
-def _field(loc: Sequence[int | str]) -> str:
-    parts = list(loc)
-    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
-        source = parts.pop(0)
-        if not parts:
-            return str(source)
-        if source == "header":
-            return str(parts[0])
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
-    return str(path)
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
+def _without_source(error: dict[str, Any]) -> dict[str, Any]:
+    # FastAPI prefixes each location with where the value came from; clients name the field.
+    loc = list(error.get("loc", ()))
+    if len(loc) > 1 and loc[0] in _SOURCES:
+        loc = loc[1:]
+    return {**error, "loc": tuple(loc)}
+
+
+def _malformed(message: str) -> Response:
+    return problem_response(
+        400,
+        "Malformed JSON",
+        "the request body is not valid JSON",
+        slug="malformed-json",
+        errors=[{"field": "body", "message": message}],
+    )
 
 
 def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = []
-    malformed = False
     for item in exc.errors():
         if item.get("type") == "json_invalid":
-            malformed = True
             ctx = item.get("ctx") or {}
-            message = f"is not valid JSON: {ctx.get('error', 'malformed')}"
-            errors.append({"field": "body", "message": message})
-            continue
-        message = str(item.get("msg", "is invalid"))
-        if item.get("type") == "extra_forbidden":
-            message = "is not a field of this request"
-        errors.append({"field": _field(item.get("loc", ())) or "body", "message": message})
-    if malformed:
-        return problem_response(
-            400,
-            "Malformed JSON",
-            "the request body is not valid JSON",
-            slug="malformed-json",
-            errors=errors,
-        )
+            return _malformed(f"is not valid JSON: {ctx.get('error', 'malformed')}")
+    errors = field_errors((_without_source(item) for item in exc.errors()), whole="body")
     fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
     return problem_response(
         422, "Invalid input", f"invalid: {fields}", slug="validation", errors=errors
@@ -126,13 +117,7 @@ def _http(request: Request, exc: Exception) -> Response:
         detail = f"nothing is served at {request.url.path}"
     if exc.status_code == 400 and detail == "There was an error parsing the body":
         # FastAPI's answer to a body json.loads cannot take: not UTF-8, or nested too deep.
-        return problem_response(
-            400,
-            "Malformed JSON",
-            "the request body is not valid JSON",
-            slug="malformed-json",
-            errors=[{"field": "body", "message": "is not valid UTF-8 JSON"}],
-        )
+        return _malformed("is not valid UTF-8 JSON")
     return problem_response(
         exc.status_code,
         titles.get(exc.status_code, "Request refused"),

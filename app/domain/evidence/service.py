@@ -33,7 +33,7 @@ from app.domain.evidence.verification import SourceCount, grade
 from app.domain.keys.service import Principal
 from app.domain.pledges.models import Pledge
 from app.domain.status.revision import claim_revision, publish_revision
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, field_errors
 from app.pagination import cursor_id, cursor_time, decode_cursor, encode_cursor
 from app.sql import insert_or_ignore, upsert
 
@@ -446,7 +446,10 @@ def ingest_batch(
             drafts.append(make_draft(data, data.links, now=now, tolerance=tolerance))
             positions.append(index)
         except ValidationError as error:
-            results[index] = _item_problem(index, validation_errors(error))
+            results[index] = _item_problem(
+                index,
+                field_errors(error.errors(include_url=False, include_input=False), whole="(item)"),
+            )
         except InvalidInput as error:
             results[index] = _item_problem(index, error.errors or [])
 
@@ -480,24 +483,6 @@ def ingest_batch(
             links=[link_out(link) for link in outcome.links],
         )
     return [result for result in results if result is not None]
-
-
-def validation_errors(error: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic's errors as ``{"field", "message"}`` with a dotted, indexed field path."""
-    out = []
-    for item in error.errors(include_url=False, include_input=False):
-        out.append({"field": field_path(item["loc"]) or "(item)", "message": item["msg"]})
-    return out
-
-
-def field_path(loc: Sequence[int | str]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
-    return path
 
 
 def _item_problem(index: int, errors: list[dict[str, Any]]) -> BatchResult:

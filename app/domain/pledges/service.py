@@ -201,7 +201,6 @@ def update_pledge(
         if field in changes and changes[field] is None:
             raise InvalidInput(field, "may be changed but not removed")
     due_on = changes.get("due_on", pledge.due_on)
-    _check_dates(made_on=None, due_on=None, today=now.date())
     if due_on is not None and due_on < pledge.made_on:
         raise InvalidInput("due_on", "must not be before made_on")
     for field in (
@@ -218,15 +217,12 @@ def update_pledge(
     if "source" in changes:
         _set_source(pledge, data.source)
     if {"made_by", "made_to", "topics"} & changes.keys():
+        # A list left out keeps its values; a list sent as null is emptied.
         _set_lists(
             pledge,
-            data.made_by if data.made_by is not None else parties_of(pledge, "made_by"),
-            data.made_to
-            if "made_to" in changes and data.made_to is not None
-            else ([] if "made_to" in changes else parties_of(pledge, "made_to")),
-            data.topics
-            if "topics" in changes and data.topics is not None
-            else ([] if "topics" in changes else topics_of(pledge)),
+            changes.get("made_by") or parties_of(pledge, "made_by"),
+            (changes["made_to"] or []) if "made_to" in changes else parties_of(pledge, "made_to"),
+            (changes["topics"] or []) if "topics" in changes else topics_of(pledge),
         )
     pledge.updated_at = now
     session.flush()
