@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +47,28 @@ def _postgres_problem() -> str | None:
     return None
 
 
+@contextmanager
+def scratch_postgres(name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database ``name`` (dropped first if left over), dropped after."""
+    base = make_url(_postgres_admin_url())
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield base.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def postgres_database_name(purpose: str) -> str:
+    # One database per test process: parallel workers (and parallel runs) never share one.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"{make_url(_postgres_admin_url()).database}_{purpose}{worker}_{os.getpid()}"
+
+
 @pytest.fixture(scope="session")
 def postgres_template_url() -> Iterator[str]:
     """This worker's own PostgreSQL database, migrated to head."""
@@ -54,19 +77,9 @@ def postgres_template_url() -> Iterator[str]:
         if os.environ.get("PLEDGEWATCH_REQUIRE_POSTGRES"):
             pytest.fail(problem)
         pytest.skip(f"PostgreSQL tests skipped: {problem}")
-    base = make_url(_postgres_admin_url())
-    # One database per test process: parallel workers (and parallel runs) never share one.
-    name = f"{base.database}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_postgres(postgres_database_name("")) as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

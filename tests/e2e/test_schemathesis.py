@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.clock import SystemClock
 from app.config import Settings
@@ -24,6 +23,7 @@ from app.domain.keys.service import create_key
 from app.main import create_app
 from app.migrate import upgrade
 from app.seed.loader import seed
+from tests.conftest import postgres_database_name, scratch_postgres
 from tests.e2e.conftest import running_server
 
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
@@ -46,30 +46,17 @@ def fuzz_target(
 ) -> Iterator[tuple[str, str]]:
     """A seeded database of each kind, a real server on it, and an admin key."""
     folder = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    admin_engine = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{folder / 'fuzz.db'}"
-    else:
-        base: str = request.getfixturevalue("postgres_template_url")
-        parsed = make_url(base)
-        name = f"{parsed.database}_fuzz"
-        admin_engine = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = parsed.set(database=name).render_as_string(hide_password=False)
-    key = _prepare(url)
     log_path = folder / "server.log"
-    try:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{folder / 'fuzz.db'}"
+        else:
+            # The template fixture skips (or fails, in CI) when PostgreSQL is unreachable.
+            request.getfixturevalue("postgres_template_url")
+            url = stack.enter_context(scratch_postgres(postgres_database_name("fuzz")))
+        key = _prepare(url)
         with running_server(url, log_path) as base_url:
             yield base_url, key
-    finally:
-        if admin_engine is not None:
-            with admin_engine.connect() as conn:
-                conn.execute(
-                    text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-                )
-            admin_engine.dispose()
     server_errors = [
         line for line in log_path.read_text().splitlines() if '"level": "error"' in line
     ]
