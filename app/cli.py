@@ -105,27 +105,80 @@ def serve(
 
 
 @app.command()
+def scheduler() -> None:
+    """Run the scheduled jobs alone, without the API.
+
+    Start one per deployment (with the API's PLEDGEWATCH_SCHEDULER_ENABLED=false);
+    a second one started by mistake waits, and takes over if the first dies.
+    """
+    import signal
+    import threading
+
+    from app.logs import configure_logging
+    from app.scheduler.service import SchedulerService
+
+    settings = get_settings()
+    configure_logging(settings.log_level, as_json=settings.log_json)
+    service = SchedulerService(settings)
+    stopping = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    err.print(
+        f"scheduler {escape(service.holder)} on {escape(_safe_url(settings.database_url))}; "
+        "waiting for the leader lock"
+    )
+    service.start()
+    try:
+        while not stopping.wait(1):
+            if not service.alive:
+                raise typer.Exit(1)
+    finally:
+        service.stop()
+
+
+@app.command()
 def demo(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Upgrade, seed, create and print an admin key, and serve."""
+    """Upgrade, seed, enable the bundled offline demo feed, print an admin key, and serve."""
     import secrets
+    from pathlib import Path
 
     from app.db import Database
     from app.domain.keys.service import create_key
+    from app.domain.sources.service import load_sources_file
     from app.migrate import upgrade
     from app.seed.loader import seed as load
 
+    # Demo mode: the app serves its sample feed and may poll that one address of its own.
+    os.environ["PLEDGEWATCH_DEMO_MODE"] = "true"
+    os.environ["PLEDGEWATCH_SELF_ADDRESS"] = f"{host}:{port}"
+    os.environ.setdefault("PLEDGEWATCH_EVALUATE_EVERY_SECONDS", "20")
+    get_settings.cache_clear()
     settings = get_settings()
     upgrade(settings.database_url)
     database = Database(settings.database_url, pool_size=1)
+    demo_sources = Path(__file__).resolve().parent / "demo" / "sources.yaml"
     try:
         with database.transaction() as session:
             report = load(session, SystemClock())
+            load_sources_file(
+                session,
+                demo_sources,
+                now=SystemClock().now(),
+                substitutions={"self_address": settings.self_address},
+            )
             name = f"admin-{secrets.token_hex(3)}"
             secret = create_key(session, name=name, role="admin", now=SystemClock().now())
     finally:
         database.dispose()
     err.print(
         f"seeded: {report.pledges_created} new pledges ({report.pledges_existing} already there)"
+    )
+    err.print(
+        "demo: sample sources poll the bundled feed at /demo/feed.xml (SAMPLE DATA) every minute"
     )
     err.print(f"[bold]admin key ({name}), shown once:[/bold]")
     typer.echo(secret)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = Field(default=10, gt=0)
+    # Sources listed in this YAML file are created at start-up when missing.
+    sources_file: Path | None = None
+    # Demo mode serves the bundled sample feed at /demo/feed.xml and lets the fetcher reach
+    # this one address of our own (``self_address``, host:port) despite the private-host guard.
+    demo_mode: bool = False
+    self_address: str = "127.0.0.1:8000"
+    # The scheduler's leader lease (SQLite; PostgreSQL uses an advisory lock): renewed
+    # every third of it, so a dead leader is replaced within about this long.
+    scheduler_lease_seconds: int = Field(default=15, ge=3)
+    # How often the status rules run over every pledge.
+    evaluate_every_seconds: int = Field(default=300, gt=0)
 
     @field_validator("database_url")
     @classmethod

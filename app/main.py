@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,10 +14,15 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.clock import Clock, SystemClock
+from app.collectors.collect import CollectContext, own_addresses
+from app.collectors.fetch import SafeFetcher
 from app.config import Settings, get_settings
 from app.db import Database
+from app.demo.router import router as demo_router
 from app.domain.evidence.router import router as evidence_router
 from app.domain.pledges.router import router as pledges_router
+from app.domain.proposals.router import router as proposals_router
+from app.domain.sources.router import router as sources_router
 from app.domain.status.router import router as status_router
 from app.domain.status.view_cache import StatusViewCache
 from app.gates import DatabaseGates
@@ -44,6 +52,18 @@ next page.
 """
 
 
+def load_sources(database: Database, path: Path, clock: Clock) -> None:
+    """Create the sources of ``PLEDGEWATCH_SOURCES_FILE`` that do not exist yet."""
+    from app.domain.sources.service import load_sources_file
+
+    with database.transaction() as session:
+        created = load_sources_file(session, path, now=clock.now())
+    if created:
+        logging.getLogger("pledgewatch.sources").info(
+            "sources loaded", extra={"file": str(path), "created": created}
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -68,9 +88,29 @@ def create_app(
         )
         app.state.schema_head = head_revision()
         app.state.status_cache = StatusViewCache(settings.status_cache_entries)
+        app.state.fetcher = SafeFetcher(
+            allow_private=settings.allow_private_source_hosts,
+            clock=app.state.clock,
+            exempt_hosts=own_addresses(settings),
+        )
+        app.state.collect_context = CollectContext(
+            database=app.state.database, fetcher=app.state.fetcher, clock=app.state.clock
+        )
+        if settings.sources_file is not None:
+            load_sources(app.state.database, settings.sources_file, app.state.clock)
+        app.state.scheduler = None
+        if settings.scheduler_enabled:
+            from app.scheduler.service import SchedulerService
+
+            # Each worker starts one; the leader lock lets only one of them run jobs.
+            app.state.scheduler = SchedulerService(settings, clock=app.state.clock)
+            app.state.scheduler.start()
         try:
             yield
         finally:
+            if app.state.scheduler is not None:
+                await asyncio.to_thread(app.state.scheduler.stop)
+            app.state.fetcher.close()
             if owned:
                 app.state.database.dispose()
 
@@ -84,7 +124,11 @@ def create_app(
     app.include_router(pledges_router, prefix=API_PREFIX)
     app.include_router(evidence_router, prefix=API_PREFIX)
     app.include_router(status_router, prefix=API_PREFIX)
+    app.include_router(sources_router, prefix=API_PREFIX)
+    app.include_router(proposals_router, prefix=API_PREFIX)
     app.include_router(system_router)
+    if settings.demo_mode:
+        app.include_router(demo_router)
 
     # Outermost first: ids and logs see everything, including 413s and replays.
     app.add_middleware(IdempotencyMiddleware)

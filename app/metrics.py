@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "pledgewatch_http_requests_total",
@@ -25,8 +25,46 @@ STATUS_CHANGES = Counter(
     "Status changes recorded, by new status.",
     ["to_status"],
 )
+SOURCE_RUNS = Counter(
+    "pledgewatch_source_runs_total",
+    "Polls of sources, by outcome (ok, not_modified, failed).",
+    ["outcome"],
+)
+EVIDENCE_COLLECTED = Counter(
+    "pledgewatch_evidence_collected_total",
+    "Evidence items that polls of sources added.",
+)
 STATUS_CACHE = Counter(
     "pledgewatch_status_view_total",
     "Answers of /status by how they were made (not_modified, cached, built).",
     ["outcome"],
+)
+FETCH_SECONDS = Histogram(
+    "pledgewatch_fetch_seconds",
+    "Time of a source fetch (redirects and retries included), by outcome (ok, not_modified, "
+    "refused, invalid_url, http_error, timeout, network_error, too_large, too_many_redirects, "
+    "error).",
+    ["outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+)
+RULE_CHANGES = Counter(
+    "pledgewatch_rule_status_changes_total",
+    "Status changes the status rules made themselves, by rule and new status.",
+    ["rule", "to_status"],
+)
+PROPOSALS = Counter(
+    "pledgewatch_proposals_total",
+    "Final verdicts proposed by rules, and analysts' answers, by rule and event "
+    "(created, confirmed, dismissed).",
+    ["rule", "event"],
+)
+SCHEDULER_JOBS = Counter(
+    "pledgewatch_scheduler_jobs_total",
+    "Ticks of scheduled jobs, by job (evaluate, sync-sources, collect) and outcome "
+    "(ok, failed, skipped: the tick already ran; unrecorded: the database could not say).",
+    ["job", "outcome"],
+)
+SCHEDULER_LEADER = Gauge(
+    "pledgewatch_scheduler_leader",
+    "1 while this process holds the scheduler's leader lock and runs the jobs.",
 )

@@ -5,7 +5,10 @@ from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
 from app.domain.idempotency.models import IdempotencyRecord
 from app.domain.keys.models import ApiKey
 from app.domain.pledges.models import Pledge, PledgeParty, PledgeTopic
+from app.domain.proposals.models import Proposal
+from app.domain.sources.models import Source, SourceRun
 from app.domain.status.models import Revision, StatusChange
+from app.scheduler.models import JobRun, SchedulerLease, apscheduler_jobs
 
 __all__ = [
     "ApiKey",
@@ -13,10 +16,16 @@ __all__ = [
     "Evidence",
     "EvidenceLink",
     "IdempotencyRecord",
+    "JobRun",
     "Pledge",
     "PledgeParty",
     "PledgeTopic",
+    "Proposal",
     "Revision",
+    "SchedulerLease",
+    "Source",
+    "SourceRun",
     "SourceTally",
     "StatusChange",
+    "apscheduler_jobs",
 ]

@@ -138,7 +138,10 @@ def clock() -> FrozenClock:
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, log_json=False, log_level="WARNING")
+    # API tests must not start schedulers; tests/scheduler starts its own.
+    return Settings(
+        database_url=db_url, log_json=False, log_level="WARNING", scheduler_enabled=False
+    )
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def seed(session: Session, clock: Clock, *, data: dict[str, Any] | None = None) 
         fields = EvidenceFields(**{k: v for k, v in item.items() if k not in ("key", "links")})
         links = [LinkIn(pledge_id=link["pledge"], stance=link["stance"]) for link in item["links"]]
         drafts.append(make_draft(fields, links, now=now, tolerance=timedelta(0)))
-    outcomes = ingest(session, drafts, principal=SEED_PRINCIPAL, now=now)
+    outcomes = ingest(session, drafts, actor=SEED_PRINCIPAL.actor, accepted=True, now=now)
     for item, outcome in zip(data["evidence"], outcomes, strict=True):
         keys[item["key"]] = outcome.evidence_id
         if outcome.created:

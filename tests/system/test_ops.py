@@ -59,7 +59,9 @@ def test_readyz_is_503_when_the_schema_is_behind(client: TestClient, db_url: str
 
 
 def test_readyz_is_503_on_a_database_never_migrated(tmp_path: Path) -> None:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}", log_json=False)
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'empty.db'}", log_json=False, scheduler_enabled=False
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         response = test_client.get("/readyz")
     assert response.status_code == 503, response.text
@@ -69,7 +71,9 @@ def test_readyz_is_503_on_a_database_never_migrated(tmp_path: Path) -> None:
 def test_readyz_is_503_when_the_database_is_unreachable() -> None:
     # Nothing listens on port 1: the connection is refused at once.
     settings = Settings(
-        database_url="postgresql+psycopg://nobody:secret@127.0.0.1:1/nothing", log_json=False
+        database_url="postgresql+psycopg://nobody:secret@127.0.0.1:1/nothing",
+        log_json=False,
+        scheduler_enabled=False,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         response = test_client.get("/readyz")
@@ -149,7 +153,9 @@ def test_every_response_has_a_request_id(
 def test_an_unexpected_error_is_a_problem_with_the_request_id(
     restore_logging: None, db_url: str, clock: FrozenClock, database: Database
 ) -> None:
-    settings = Settings(database_url=db_url, log_json=True, log_level="INFO")
+    settings = Settings(
+        database_url=db_url, log_json=True, log_level="INFO", scheduler_enabled=False
+    )
     app = create_app(settings, clock=clock, database=database)
 
     def boom() -> None:
@@ -250,7 +256,9 @@ def test_the_access_log_is_json_with_the_request_id(
     clock: FrozenClock,
     keys: dict[str, dict[str, str]],
 ) -> None:
-    settings = Settings(database_url=db_url, log_json=True, log_level="INFO")
+    settings = Settings(
+        database_url=db_url, log_json=True, log_level="INFO", scheduler_enabled=False
+    )
     buffer = io.StringIO()
     app = create_app(settings, clock=clock, database=database)
     with TestClient(app, raise_server_exceptions=False) as test_client:

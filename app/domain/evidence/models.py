@@ -3,7 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -44,6 +46,9 @@ class Evidence(Base):
     collected_by: Mapped[str] = mapped_column(String(120))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A dataset observation: the value read, and whether it meets the pledge's target.
+    observed_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    target_met: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class EvidenceLink(Base):
@@ -91,3 +96,5 @@ class SourceTally(Base):
     reliability: Mapped[str] = mapped_column(String(8), primary_key=True)
     source_name: Mapped[str] = mapped_column(String(200), primary_key=True)
     links: Mapped[int] = mapped_column(Integer)
+    # Of those links, how many are dataset observations that meet their target.
+    targets_met: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -46,6 +46,9 @@ class Draft:
     links: list[LinkIn]
     url_key: str | None
     content_hash: str
+    # Dataset observations only (collected from csv sources): the value and its verdict.
+    observed_value: float | None = None
+    target_met: bool | None = None
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class IngestOutcome:
     evidence_id: int
     created: bool
     links: list[EvidenceLink] = field(default_factory=list)
+    new_links: int = 0
 
 
 def make_draft(
@@ -86,14 +90,14 @@ def _missing_pledges(session: Session, drafts: Sequence[Draft]) -> set[str]:
 
 
 def ingest(
-    session: Session, drafts: Sequence[Draft], *, principal: Principal, now: datetime
+    session: Session, drafts: Sequence[Draft], *, actor: str, accepted: bool, now: datetime
 ) -> list[IngestOutcome]:
     """Store each draft once and link it to its pledges; results in the order given.
 
     An item whose URL or content hash is already known is not stored again: the
-    existing item is linked. Links from analysts and admins start accepted, the
-    rest wait for review. Pledges' derived state is updated in the same
-    transaction.
+    existing item is linked. Links start accepted when ``accepted`` (analysts'
+    and admins' keys, trusted sources), else they wait for review. Pledges'
+    derived state is updated in the same transaction.
     """
     claim_revision(session)
     if not drafts:
@@ -110,7 +114,6 @@ def ingest(
         canonical.append(owner)
 
     unique = sorted(set(canonical))
-    actor = principal.actor
     rows = [
         {
             "title": drafts[i].fields.title,
@@ -125,6 +128,8 @@ def ingest(
             "collected_by": actor,
             "recorded_at": now,
             "fetched_at": drafts[i].fields.fetched_at,
+            "observed_value": drafts[i].observed_value,
+            "target_met": drafts[i].target_met,
         }
         for i in unique
     ]
@@ -169,7 +174,7 @@ def ingest(
             raise RuntimeError("an evidence item was neither inserted nor found")
         identity[i] = (match[0], match[1], False)
 
-    review = "accepted" if principal.has_role("analyst") else "unreviewed"
+    review = "accepted" if accepted else "unreviewed"
     wanted_links: dict[tuple[int, str], dict[str, Any]] = {}
     for index, draft in enumerate(drafts):
         evidence_id, published_at, _ = identity[canonical[index]]
@@ -199,6 +204,9 @@ def ingest(
         _apply_new_links(session, [wanted_links[key] for key in new_links])
         publish_revision(session)
 
+    new_per_evidence: dict[int, int] = defaultdict(int)
+    for evidence_id, _pledge_id in new_links:
+        new_per_evidence[evidence_id] += 1
     links_by_evidence = _links_of(session, {identity[i][0] for i in unique})
     return [
         IngestOutcome(
@@ -209,6 +217,10 @@ def ingest(
                 for link in links_by_evidence.get(identity[canonical[index]][0], [])
                 if link.pledge_id in {wanted.pledge_id for wanted in draft.links}
             ],
+            # Counted once, on the first occurrence of an item in the batch.
+            new_links=new_per_evidence.get(identity[index][0], 0)
+            if canonical[index] == index
+            else 0,
         )
         for index, draft in enumerate(drafts)
     ]
@@ -232,27 +244,38 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
     if not links:
         return
     evidence_ids = sorted({link["evidence_id"] for link in links})
-    sources: dict[int, tuple[str, str, str]] = {}
+    sources: dict[int, tuple[str, str, str, bool]] = {}
     for start in range(0, len(evidence_ids), 500):
         for row in session.execute(
             select(
-                Evidence.id, Evidence.source_type, Evidence.reliability, Evidence.source_name
+                Evidence.id,
+                Evidence.source_type,
+                Evidence.reliability,
+                Evidence.source_name,
+                Evidence.target_met,
             ).where(Evidence.id.in_(evidence_ids[start : start + 500]))
         ):
-            sources[row.id] = (row.source_type, row.reliability, row.source_name)
+            sources[row.id] = (
+                row.source_type,
+                row.reliability,
+                row.source_name,
+                bool(row.target_met),
+            )
 
     accepted: dict[str, int] = defaultdict(int)
     unreviewed: dict[str, int] = defaultdict(int)
     latest: dict[str, datetime] = {}
-    tallies: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
+    tallies: dict[TallyKey, TallyDelta] = {}
     for link in links:
         pledge_id = link["pledge_id"]
         if link["review"] == "accepted":
             accepted[pledge_id] += 1
             if pledge_id not in latest or latest[pledge_id] < link["published_at"]:
                 latest[pledge_id] = link["published_at"]
-            source_type, reliability, source_name = sources[link["evidence_id"]]
-            tallies[(pledge_id, link["stance"], source_type, reliability, source_name)] += 1
+            source_type, reliability, source_name, met = sources[link["evidence_id"]]
+            key = (pledge_id, link["stance"], source_type, reliability, source_name)
+            links_so_far, met_so_far = tallies.get(key, (0, 0))
+            tallies[key] = (links_so_far + 1, met_so_far + int(met))
         else:
             unreviewed[pledge_id] += 1
 
@@ -299,11 +322,20 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
     _stamp_versions(session, touched)
 
 
-def _add_to_tallies(session: Session, tallies: dict[tuple[str, str, str, str, str], int]) -> None:
+TallyKey = tuple[str, str, str, str, str]
+"""pledge_id, stance, source_type, reliability, source_name"""
+TallyDelta = tuple[int, int]
+"""links, and how many of them are dataset observations that meet their target"""
+
+
+def _add_to_tallies(session: Session, tallies: dict[TallyKey, TallyDelta]) -> None:
     statement = upsert(session, SourceTally)
     statement = statement.on_conflict_do_update(
         index_elements=["pledge_id", "stance", "source_type", "reliability", "source_name"],
-        set_={"links": SourceTally.links + statement.excluded.links},
+        set_={
+            "links": SourceTally.links + statement.excluded.links,
+            "targets_met": SourceTally.targets_met + statement.excluded.targets_met,
+        },
     )
     rows = [
         {
@@ -312,9 +344,10 @@ def _add_to_tallies(session: Session, tallies: dict[tuple[str, str, str, str, st
             "source_type": key[2],
             "reliability": key[3],
             "source_name": key[4],
-            "links": count,
+            "links": links,
+            "targets_met": met,
         }
-        for key, count in sorted(tallies.items())
+        for key, (links, met) in sorted(tallies.items())
     ]
     for start in range(0, len(rows), 500):
         session.execute(statement.values(rows[start : start + 500]))
@@ -348,7 +381,12 @@ def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
         ).scalars():
             sources[row.pledge_id].append(
                 SourceCount(
-                    row.stance, row.source_type, row.reliability, row.source_name, row.links
+                    row.stance,
+                    row.source_type,
+                    row.reliability,
+                    row.source_name,
+                    row.links,
+                    row.targets_met,
                 )
             )
         changes = [
@@ -423,7 +461,9 @@ def add_evidence(
         raise InvalidInput(
             f"links[{index}].pledge_id", f"no pledge with id {draft.links[index].pledge_id!r}"
         )
-    outcome = ingest(session, [draft], principal=principal, now=now)[0]
+    outcome = ingest(
+        session, [draft], actor=principal.actor, accepted=principal.has_role("analyst"), now=now
+    )[0]
     return get_evidence(session, outcome.evidence_id), outcome.created
 
 
@@ -474,7 +514,9 @@ def ingest_batch(
                 kept_positions.append(index)
         drafts, positions = kept_drafts, kept_positions
 
-    outcomes = ingest(session, drafts, principal=principal, now=now)
+    outcomes = ingest(
+        session, drafts, actor=principal.actor, accepted=principal.has_role("analyst"), now=now
+    )
     for index, outcome in zip(positions, outcomes, strict=True):
         results[index] = BatchResult(
             index=index,
@@ -588,10 +630,11 @@ def review_link(
             evidence.reliability,
             evidence.source_name,
         )
+        met = int(bool(evidence.target_met))
         if previous == "accepted":
-            _add_to_tallies(session, {key: -1})
+            _add_to_tallies(session, {key: (-1, -met)})
         if review == "accepted":
-            _add_to_tallies(session, {key: 1})
+            _add_to_tallies(session, {key: (1, met)})
         _recount(session, pledge_id)
         refresh_verification(session, [pledge_id])
     _stamp_versions(session, [pledge_id])

@@ -25,12 +25,14 @@ class SourceCount:
     reliability: str
     source_name: str
     links: int
+    targets_met: int = 0
 
 
 def grade(status: str, sources: Iterable[SourceCount]) -> str:
     """The verification level of a pledge with ``status``, given its accepted sources.
 
-    ``verified``: two or more distinct independent sources of high reliability;
+    ``verified``: two or more distinct independent sources of high reliability, or a
+    dataset observation that meets the pledge's target;
     ``corroborated``: at least one independent source; ``claimed``: only the
     pledging party's own statements; ``unverified``: nothing that agrees.
     """
@@ -40,6 +42,8 @@ def grade(status: str, sources: Iterable[SourceCount]) -> str:
     independent = [s for s in agreeing if s.source_type not in NOT_INDEPENDENT]
     strong_names = {s.source_name for s in independent if s.reliability == "high"}
     if len(strong_names) >= 2:
+        return "verified"
+    if any(s.source_type == "dataset" and s.targets_met > 0 for s in agreeing):
         return "verified"
     if independent:
         return "corroborated"

@@ -18,20 +18,27 @@ KEY_PREFIX = "pw_"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is making a request: a key's name and role, or nobody."""
+    """Who is making a request or a change: a key's name and role, a status rule, or nobody."""
 
     name: str | None
     role: str | None
+    # "key" for API keys; "rule" for the status rules, whose changes are recorded as rule:<name>.
+    kind: str = "key"
 
     @property
     def actor(self) -> str:
-        return f"key:{self.name}" if self.name else "anonymous"
+        return f"{self.kind}:{self.name}" if self.name else "anonymous"
 
     def has_role(self, needed: str) -> bool:
         return self.role is not None and ROLES.index(self.role) >= ROLES.index(needed)
 
 
 ANONYMOUS = Principal(name=None, role=None)
+
+
+def rule_principal(rule: str) -> Principal:
+    """The actor of a status rule's changes: ``rule:<name>``, with no role (it calls no API)."""
+    return Principal(name=rule, role=None, kind="rule")
 
 
 def hash_key(secret: str) -> str:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from typing import Any
+
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.domain.status.models import Revision
 
 _KEY = "pledgewatch.revision"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_claim(session: Session, transaction: SessionTransaction, *_: Any) -> None:
+    # A claim is only good inside the transaction that holds the lock: once it ends, the
+    # next transaction of the same session must lock and claim afresh.
+    if transaction.parent is None:
+        session.info.pop(_KEY, None)
 
 
 def claim_revision(session: Session) -> int:

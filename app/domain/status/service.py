@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.domain.evidence.models import Evidence, EvidenceLink
@@ -368,6 +368,7 @@ def _sources_as_of(
             Evidence.reliability,
             Evidence.source_name,
             func.count().label("links"),
+            func.sum(case((Evidence.target_met.is_(True), 1), else_=0)).label("targets_met"),
         )
         .join(Evidence, Evidence.id == EvidenceLink.evidence_id)
         .where(
@@ -388,7 +389,12 @@ def _sources_as_of(
         if row.pledge_id in wanted:
             sources[row.pledge_id].append(
                 SourceCount(
-                    row.stance, row.source_type, row.reliability, row.source_name, row.links
+                    row.stance,
+                    row.source_type,
+                    row.reliability,
+                    row.source_name,
+                    row.links,
+                    int(row.targets_met or 0),
                 )
             )
     return sources

@@ -1,0 +1,512 @@
+"""The one way collectors reach the network: a guarded, bounded HTTP client.
+
+Sources are URLs typed in by staff, so a fetch is a request the service makes on
+someone else's behalf. Every hop is therefore vetted *after* DNS: the host is
+resolved, every address must be globally routable (unless private hosts are
+allowed, or the host:port is explicitly exempt), and the connection is then made
+to the vetted address itself, so a second, different DNS answer (rebinding)
+cannot slip a private address in between the check and the connection.
+Redirects are followed here, one hop at a time, each target vetted the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+import httpx
+
+from app.clock import Clock
+from app.metrics import FETCH_SECONDS
+
+log = logging.getLogger("pledgewatch.fetch")
+
+DEFAULT_USER_AGENT = "Pledgewatch/0.1 (+https://pledgewatch.dev)"
+ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, "
+    "application/json;q=0.9, text/csv;q=0.9, */*;q=0.5"
+)
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# Backoff never waits longer than this between two attempts, whatever the attempt number.
+MAX_BACKOFF_SECONDS = 30.0
+# NAT64's well-known prefix carries an IPv4 address in its last 32 bits.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+_E = TypeVar("_E", bound=BaseException)
+
+Resolver = Callable[[str, int], list[str]]
+"""Resolves (host, port) to the IP addresses (as strings) a connection may use, in order."""
+
+
+class FetchError(Exception):
+    """A fetch that failed; ``str(error)`` is a sentence fit for a source's run record.
+
+    ``outcome`` is the metric label (``refused``, ``invalid_url``, ``http_error``, ``timeout``,
+    ``network_error``, ``too_large``, ``too_many_redirects``, ``error`` for the unforeseen);
+    ``status_code`` is the HTTP status when the failure was an answer from the server.
+    """
+
+    def __init__(self, message: str, *, outcome: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.status_code = status_code
+
+
+class _RetryableError(FetchError):
+    """A failure worth another attempt: network errors, timeouts and 5xx answers."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The final answer of a fetch, after redirects and retries."""
+
+    status_code: int
+    not_modified: bool
+    body: bytes  # b"" when not modified
+    etag: str | None
+    last_modified: str | None
+    final_url: str
+    fetched_at: datetime
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: httpx.URL
+    host: str  # the host name as written (IDNA-encoded), for Host, SNI and the per-host limit
+    addresses: list[str]
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses ``socket.getaddrinfo`` gives for ``host``, without duplicates, in order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for info in infos:
+        address = str(info[4][0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _non_global_kind(address: str) -> str | None:
+    """What kind of non-public address ``address`` is ("loopback", ...), or None if public."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return "unparsable"
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that embed an IPv4 address reach that IPv4 address: judge it first.
+        if ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        if ip.sixtofour is not None:
+            candidates.append(ip.sixtofour)
+        if ip.teredo is not None:
+            candidates.extend(ip.teredo)
+        if ip in _NAT64:
+            candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    candidates.append(ip)
+    for candidate in candidates:
+        for kind, flagged in (
+            ("loopback", candidate.is_loopback),
+            ("link-local", candidate.is_link_local),
+            ("multicast", candidate.is_multicast),
+            ("private", candidate.is_private),
+            ("reserved", not candidate.is_global),
+        ):
+            if flagged:
+                return kind
+    return None
+
+
+def _parse(url: str | httpx.URL) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as error:
+        raise FetchError(f"{url!r} is not a valid URL: {error}", outcome="invalid_url") from error
+    if parsed.scheme not in ("http", "https"):
+        raise FetchError(
+            f"{str(parsed)!r} is refused: only http and https URLs can be fetched",
+            outcome="refused",
+        )
+    if not parsed.raw_host:
+        raise FetchError(f"{str(parsed)!r} has no host", outcome="invalid_url")
+    return parsed
+
+
+def _host_port_key(url: httpx.URL) -> str:
+    host = url.raw_host.decode("ascii").lower()
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _vet(
+    url: str | httpx.URL,
+    *,
+    allow_private: bool,
+    exempt_hosts: frozenset[str],
+    resolve: Resolver,
+) -> _Target:
+    """Check ``url`` and resolve its host; the addresses returned are the only ones to use."""
+    parsed = _parse(url)
+    host = parsed.raw_host.decode("ascii")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        addresses = resolve(host, port)
+    except socket.gaierror as error:
+        # A temporary failure of the resolver is worth another try; "no such host" is not.
+        error_type = _RetryableError if error.errno == socket.EAI_AGAIN else FetchError
+        raise error_type(
+            f"could not resolve the host {host!r} of {str(parsed)!r}: {error.strerror or error}",
+            outcome="network_error",
+        ) from error
+    if not addresses:
+        raise FetchError(f"the host {host!r} resolved to no address", outcome="network_error")
+    exempt = _host_port_key(parsed) in {entry.lower() for entry in exempt_hosts}
+    if not (allow_private or exempt):
+        # One private answer is enough to refuse: the connection could land on any of them.
+        for address in addresses:
+            kind = _non_global_kind(address)
+            if kind is not None:
+                where = f"is {address}" if address == host else f"{host!r} resolves to {address}"
+                raise FetchError(
+                    f"{str(parsed)!r} is refused: its host {where}, a {kind} address, "
+                    "and private source hosts are not allowed",
+                    outcome="refused",
+                )
+    return _Target(url=parsed, host=host, addresses=addresses)
+
+
+def check_public_url(
+    url: str,
+    *,
+    allow_private: bool,
+    exempt_hosts: frozenset[str] = frozenset(),
+    resolve: Resolver = system_resolver,
+) -> None:
+    """Raise FetchError unless ``url`` is http(s) and its host resolves to public addresses only.
+
+    ``exempt_hosts`` holds ``host:port`` entries (``[v6addr]:port`` for IPv6 literals) that may
+    be private, such as the demo feed the service serves itself. The check resolves DNS, so a
+    URL that passes now can fail later; fetches vet again, on every hop.
+    """
+    _vet(url, allow_private=allow_private, exempt_hosts=exempt_hosts, resolve=resolve)
+
+
+class SafeFetcher:
+    """A shared, thread-safe HTTP client for collectors (jobs run in threads).
+
+    ``retries`` is the number of attempts after the first one. ``total_timeout`` bounds a whole
+    fetch (redirects, retries and a slowly trickling body included), since ``read_timeout`` only
+    bounds the wait for each chunk. ``resolve`` and ``ssl_context`` (the trusted certificates;
+    None is httpx's default, certifi) exist for tests and unusual deployments.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        clock: Clock,
+        user_agent: str = DEFAULT_USER_AGENT,
+        connect_timeout: float = 5,
+        read_timeout: float = 20,
+        max_bytes: int = 5 * 1024 * 1024,
+        max_redirects: int = 5,
+        retries: int = 3,
+        backoff_base: float = 0.5,
+        per_host_limit: int = 4,
+        exempt_hosts: frozenset[str] = frozenset(),
+        sleep: Callable[[float], None] = time.sleep,
+        total_timeout: float = 120,
+        resolve: Resolver = system_resolver,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._allow_private = allow_private
+        self._clock = clock
+        self._user_agent = user_agent
+        self._max_bytes = max_bytes
+        self._max_redirects = max_redirects
+        self._retries = retries
+        self._backoff_base = backoff_base
+        self._per_host_limit = per_host_limit
+        self._exempt_hosts = exempt_hosts
+        self._sleep = sleep
+        self._total_timeout = total_timeout
+        self._resolve = resolve
+        self._random = random.SystemRandom()
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._host_slots_lock = threading.Lock()
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(
+                connect=connect_timeout,
+                read=read_timeout,
+                write=read_timeout,
+                pool=connect_timeout,
+            ),
+            follow_redirects=False,
+            verify=ssl_context if ssl_context is not None else True,
+            # Proxies from the environment would connect to hosts we never vetted.
+            trust_env=False,
+            # Connections are made to vetted IP addresses, with the host name given as Host and
+            # SNI; a kept-alive connection could be reused for another host name on the same IP
+            # with the wrong TLS name, and feeds are fetched minutes apart anyway.
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def close(self) -> None:
+        """Close the underlying connection pool."""
+        self._client.close()
+
+    def fetch(
+        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        """GET ``url`` with conditional headers; raise FetchError with a clear sentence if it fails.
+
+        A 304 gives ``not_modified=True`` and an empty body, with the validators sent kept when
+        the server does not repeat them.
+        """
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = self._fetch(url, etag=etag, last_modified=last_modified, started=started)
+            outcome = "not_modified" if result.not_modified else "ok"
+            return result
+        except FetchError as error:
+            outcome = error.outcome
+            raise
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as error:
+            # Whatever the network or a URL throws at us fails this fetch, never its caller.
+            log.exception("unexpected fetch failure", extra={"url": url})
+            outcome = "error"
+            raise FetchError(
+                f"fetching {url} failed: {type(error).__name__}: {error}", outcome="error"
+            ) from error
+        finally:
+            FETCH_SECONDS.labels(outcome=outcome).observe(time.monotonic() - started)
+
+    def _fetch(
+        self, url: str, *, etag: str | None, last_modified: str | None, started: float
+    ) -> FetchResult:
+        headers = {"User-Agent": self._user_agent, "Accept": ACCEPT}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        deadline = started + self._total_timeout
+        current: str | httpx.URL = url
+        for _hop in range(self._max_redirects + 1):
+            status, response_headers, body, final = self._get_with_retries(
+                current, headers, deadline
+            )
+            if status in REDIRECT_CODES:
+                location = response_headers.get("location")
+                if not location:
+                    raise FetchError(
+                        f"{final} answered {status} without a Location to go to",
+                        outcome="http_error",
+                        status_code=status,
+                    )
+                try:
+                    current = final.join(location)
+                except (httpx.InvalidURL, ValueError) as error:
+                    raise FetchError(
+                        f"{final} redirected to an invalid URL {location!r}: {error}",
+                        outcome="invalid_url",
+                        status_code=status,
+                    ) from error
+                continue
+            not_modified = status == 304
+            return FetchResult(
+                status_code=status,
+                not_modified=not_modified,
+                body=b"" if not_modified else body,
+                etag=response_headers.get("etag") or (etag if not_modified else None),
+                last_modified=response_headers.get("last-modified")
+                or (last_modified if not_modified else None),
+                final_url=str(final),
+                fetched_at=self._clock.now(),
+                elapsed_s=time.monotonic() - started,
+            )
+        raise FetchError(
+            f"{url} redirected more than {self._max_redirects} times (last to {current})",
+            outcome="too_many_redirects",
+        )
+
+    def _get_with_retries(
+        self, url: str | httpx.URL, headers: dict[str, str], deadline: float
+    ) -> tuple[int, httpx.Headers, bytes, httpx.URL]:
+        attempts = self._retries + 1
+        for attempt in range(attempts):
+            if time.monotonic() > deadline:
+                raise FetchError(
+                    f"fetching {url} took longer than {self._total_timeout:g} s in all",
+                    outcome="timeout",
+                )
+            try:
+                return self._get_once(url, headers, deadline)
+            except _RetryableError as error:
+                if attempt + 1 >= attempts:
+                    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+                    raise FetchError(
+                        f"{error} (gave up after {tries})",
+                        outcome=error.outcome,
+                        status_code=error.status_code,
+                    ) from error
+                # Full jitter: collectors that failed together do not retry together.
+                ceiling = min(MAX_BACKOFF_SECONDS, self._backoff_base * 2**attempt)
+                delay = self._random.uniform(0, ceiling)
+                log.warning(
+                    "fetch failed, retrying",
+                    extra={"url": str(url), "error": str(error), "retry_in_s": round(delay, 3)},
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _slot(self, host: str) -> threading.BoundedSemaphore:
+        with self._host_slots_lock:
+            slot = self._host_slots.get(host)
+            if slot is None:
+                slot = threading.BoundedSemaphore(self._per_host_limit)
+                self._host_slots[host] = slot
+            return slot
+
+    def _get_once(
+        self, url: str | httpx.URL, headers: dict[str, str], deadline: float
+    ) -> tuple[int, httpx.Headers, bytes, httpx.URL]:
+        target = _vet(
+            url,
+            allow_private=self._allow_private,
+            exempt_hosts=self._exempt_hosts,
+            resolve=self._resolve,
+        )
+        shown = str(target.url)
+        with self._slot(target.host.lower()):
+            try:
+                response = self._connect(target, headers)
+            except httpx.TimeoutException as error:
+                raise _RetryableError(
+                    f"connecting to {shown} timed out", outcome="timeout"
+                ) from error
+            except httpx.ConnectError as error:
+                invalid = _cause(error, ssl.SSLCertVerificationError)
+                if invalid is not None:
+                    # Asking again will not fix a certificate.
+                    raise FetchError(
+                        f"the TLS certificate of {shown} is not valid: "
+                        f"{invalid.verify_message or invalid}",
+                        outcome="network_error",
+                    ) from error
+                raise _RetryableError(
+                    f"could not connect to {shown}: {str(error) or type(error).__name__}",
+                    outcome="network_error",
+                ) from error
+            except httpx.TransportError as error:
+                raise _RetryableError(
+                    f"could not connect to {shown}: {str(error) or type(error).__name__}",
+                    outcome="network_error",
+                ) from error
+            try:
+                status = response.status_code
+                reason = f"{status} {response.reason_phrase}".strip()
+                if status >= 500:
+                    raise _RetryableError(
+                        f"{shown} answered {reason}", outcome="http_error", status_code=status
+                    )
+                if status >= 400 or (
+                    status >= 300 and status != 304 and status not in REDIRECT_CODES
+                ):
+                    raise FetchError(
+                        f"{shown} answered {reason}", outcome="http_error", status_code=status
+                    )
+                body = self._read_body(response, shown, deadline) if status < 300 else b""
+                return status, response.headers, body, target.url
+            except httpx.TimeoutException as error:
+                raise _RetryableError(
+                    f"reading the answer of {shown} timed out", outcome="timeout"
+                ) from error
+            except httpx.TransportError as error:
+                raise _RetryableError(
+                    f"the connection to {shown} failed while reading: "
+                    f"{str(error) or type(error).__name__}",
+                    outcome="network_error",
+                ) from error
+            except httpx.DecodingError as error:
+                raise FetchError(
+                    f"the answer of {shown} could not be decoded: {error}",
+                    outcome="network_error",
+                ) from error
+            finally:
+                response.close()
+
+    def _connect(self, target: _Target, headers: dict[str, str]) -> httpx.Response:
+        """Send the request to the first vetted address that accepts a connection."""
+        last_error: httpx.ConnectError | None = None
+        for address in target.addresses:
+            request = self._client.build_request(
+                "GET",
+                target.url.copy_with(host=address),
+                headers={**headers, "Host": target.url.netloc.decode("ascii")},
+                extensions={"sni_hostname": target.host},
+            )
+            try:
+                return self._client.send(request, stream=True, follow_redirects=False)
+            except httpx.ConnectError as error:
+                # A host may publish an address this machine cannot reach (often IPv6).
+                last_error = error
+        assert last_error is not None  # there is always at least one address
+        raise last_error
+
+    def _read_body(self, response: httpx.Response, shown: str, deadline: float) -> bytes:
+        limit = self._max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise FetchError(
+                f"the answer of {shown} is {_size(int(declared))}, over the {_size(limit)} limit",
+                outcome="too_large",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        # Decoded bytes are counted, so a small compressed body cannot inflate past the cap.
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise FetchError(
+                    f"the answer of {shown} is over the {_size(limit)} limit "
+                    f"(stopped reading after {_size(size)})",
+                    outcome="too_large",
+                )
+            if time.monotonic() > deadline:
+                raise FetchError(
+                    f"reading the answer of {shown} took longer than "
+                    f"{self._total_timeout:g} s in all",
+                    outcome="timeout",
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _cause(error: BaseException, kind: type[_E]) -> _E | None:
+    """The first exception of type ``kind`` in ``error``'s chain of causes, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _size(count: int) -> str:
+    if count >= 1024 * 1024:
+        return f"{count / (1024 * 1024):.1f} MiB"
+    if count >= 1024:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count} bytes"

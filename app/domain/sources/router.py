@@ -1,0 +1,105 @@
+"""HTTP for sources and their runs (admin only). Rules live in the service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Path, Request, Response
+
+from app.deps import Admin, ClockDep, SessionDep
+from app.domain.pledges.router import Cursor, Limit
+from app.domain.sources import service
+from app.domain.sources.schemas import RunOut, SourceCreate, SourceOut, SourceUpdate
+from app.pagination import Page
+from app.problems import READ_ERRORS, WRITE_ERRORS, problems
+from app.types import SLUG_PATTERN
+
+router = APIRouter(tags=["sources"])
+
+SourceId = Annotated[
+    str, Path(pattern=SLUG_PATTERN, max_length=100, description="The source's id.")
+]
+
+
+@router.get("/sources", response_model=Page[SourceOut], responses=problems(*READ_ERRORS))
+def list_sources(
+    session: SessionDep, _: Admin, limit: Limit = 50, cursor: Cursor = None
+) -> Page[SourceOut]:
+    """Every feed, in id order."""
+    items, next_cursor = service.list_sources(session, limit=limit, cursor=cursor)
+    return Page[SourceOut](items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/sources", status_code=201, response_model=SourceOut, responses=problems(*WRITE_ERRORS)
+)
+def create_source(
+    body: SourceCreate, session: SessionDep, clock: ClockDep, _: Admin, response: Response
+) -> SourceOut:
+    """Register a feed. A bad URL, an unknown kind or a mapping that does not fit is a 422."""
+    source = service.create_source(session, body, now=clock.now())
+    response.headers["Location"] = f"/api/v1/sources/{source.id}"
+    return service.source_out(source)
+
+
+@router.get("/sources/{source_id}", response_model=SourceOut, responses=problems(*READ_ERRORS, 404))
+def get_source(source_id: SourceId, session: SessionDep, _: Admin) -> SourceOut:
+    """One feed, with when it last succeeded and how many polls in a row have failed."""
+    return service.source_out(service.get_source(session, source_id))
+
+
+@router.patch(
+    "/sources/{source_id}", response_model=SourceOut, responses=problems(*WRITE_ERRORS, 404)
+)
+def update_source(
+    source_id: SourceId, body: SourceUpdate, session: SessionDep, clock: ClockDep, _: Admin
+) -> SourceOut:
+    """Change a feed; only the fields given change."""
+    return service.source_out(service.update_source(session, source_id, body, now=clock.now()))
+
+
+@router.delete("/sources/{source_id}", status_code=204, responses=problems(*WRITE_ERRORS, 404))
+def delete_source(source_id: SourceId, session: SessionDep, _: Admin) -> Response:
+    """Remove a feed and its runs. The evidence it brought stays."""
+    service.delete_source(session, source_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/sources/{source_id}/run",
+    status_code=202,
+    response_model=RunOut,
+    responses=problems(*WRITE_ERRORS, 404),
+)
+def run_source(
+    source_id: SourceId,
+    request: Request,
+    session: SessionDep,
+    clock: ClockDep,
+    _: Admin,
+    response: Response,
+    background: BackgroundTasks,
+) -> RunOut:
+    """Poll now. The run is recorded at once (``running``) and finishes in the background;
+    follow it at ``/sources/{id}/runs``."""
+    from app.collectors.collect import collect_source
+
+    run = service.start_run(session, source_id, now=clock.now())
+    # The run row must be committed before the background poll looks for it; background
+    # tasks start after the response, by which time the request's transaction has committed.
+    background.add_task(collect_source, request.app.state.collect_context, source_id, run.id)
+    response.headers["Location"] = f"/api/v1/sources/{source_id}/runs"
+    return service.run_out(run)
+
+
+@router.get(
+    "/sources/{source_id}/runs",
+    response_model=Page[RunOut],
+    responses=problems(*READ_ERRORS, 404),
+)
+def list_runs(
+    source_id: SourceId, session: SessionDep, _: Admin, limit: Limit = 50, cursor: Cursor = None
+) -> Page[RunOut]:
+    """The recorded polls, newest first."""
+    items, next_cursor = service.list_runs(session, source_id, limit=limit, cursor=cursor)
+    return Page[RunOut](items=items, next_cursor=next_cursor)

@@ -1,0 +1,248 @@
+"""Sources: the feeds the scheduler polls, and the record of every poll. No HTTP here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain.pledges.models import Pledge
+from app.domain.sources.models import Source, SourceRun
+from app.domain.sources.schemas import MatchRules, RunOut, SourceCreate, SourceOut, SourceUpdate
+from app.errors import Conflict, InvalidInput, NotFound, field_errors
+from app.pagination import cursor_id, decode_cursor, encode_cursor
+
+
+def _check_mapping(kind: str, mapping: dict[str, Any] | None) -> None:
+    from app.collectors.feeds import validate_mapping
+
+    try:
+        validate_mapping(kind, mapping)
+    except ValueError as error:
+        # The message reads "<key>: <reason>", the key being kind, mapping or mapping.<field>.
+        field, _, reason = str(error).partition(": ")
+        if not reason or not field.startswith(("mapping", "kind")):
+            field, reason = "mapping", str(error)
+        raise InvalidInput(field, reason) from None
+
+
+def _check_pledges(session: Session, pledge_ids: Sequence[str]) -> None:
+    found = set(session.scalars(select(Pledge.id).where(Pledge.id.in_(pledge_ids))))
+    for index, pledge_id in enumerate(pledge_ids):
+        if pledge_id not in found:
+            raise InvalidInput(f"pledges[{index}]", f"no pledge with id {pledge_id!r}")
+
+
+def get_source(session: Session, source_id: str) -> Source:
+    source = session.get(Source, source_id)
+    if source is None:
+        raise NotFound(f"no source with id {source_id!r}")
+    return source
+
+
+def create_source(session: Session, data: SourceCreate, *, now: datetime) -> Source:
+    """Register a feed; it is polled from the scheduler's next reconciliation on."""
+    if session.get(Source, data.id) is not None:
+        raise Conflict(f"a source with id {data.id!r} already exists")
+    _check_pledges(session, data.pledges)
+    _check_mapping(data.kind, data.mapping)
+    source = Source(
+        id=data.id,
+        name=data.name,
+        kind=data.kind,
+        url=data.url,
+        every_minutes=data.every_minutes,
+        pledges=list(data.pledges),
+        match_any=list(data.match.any),
+        match_all=list(data.match.all),
+        match_none=list(data.match.none),
+        stance=data.stance,
+        source_type=data.source_type,
+        reliability=data.reliability,
+        trusted=data.trusted,
+        enabled=data.enabled,
+        mapping=data.mapping,
+        consecutive_failures=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(source)
+    session.flush()
+    return source
+
+
+def update_source(session: Session, source_id: str, data: SourceUpdate, *, now: datetime) -> Source:
+    """Change what is given; a new URL forgets the conditional-GET state of the old one."""
+    source = get_source(session, source_id)
+    changes = data.model_dump(exclude_unset=True)
+    for field, value in changes.items():
+        if value is None and field != "mapping":
+            raise InvalidInput(field, "may be changed but not removed")
+    if "pledges" in changes:
+        _check_pledges(session, changes["pledges"])
+        source.pledges = list(changes["pledges"])
+    if "mapping" in changes:
+        _check_mapping(source.kind, changes["mapping"])
+        source.mapping = changes["mapping"]
+    if data.match is not None:
+        source.match_any = list(data.match.any)
+        source.match_all = list(data.match.all)
+        source.match_none = list(data.match.none)
+    if "url" in changes and changes["url"] != source.url:
+        source.etag = None
+        source.last_modified = None
+    for field in (
+        "name",
+        "url",
+        "every_minutes",
+        "stance",
+        "source_type",
+        "reliability",
+        "trusted",
+        "enabled",
+    ):
+        if field in changes:
+            setattr(source, field, changes[field])
+    if changes.get("enabled"):
+        # Re-enabling is a fresh start: poll at the normal pace again.
+        source.consecutive_failures = 0
+    source.updated_at = now
+    session.flush()
+    return source
+
+
+def delete_source(session: Session, source_id: str) -> None:
+    """Remove a source and its runs; the evidence it brought stays."""
+    session.delete(get_source(session, source_id))
+    session.flush()
+
+
+def list_sources(
+    session: Session, *, limit: int, cursor: str | None
+) -> tuple[list[SourceOut], str | None]:
+    after = decode_cursor(cursor, 1)
+    query = select(Source).order_by(Source.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(Source.id > str(after[0]))
+    rows = session.scalars(query).all()
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return [source_out(row) for row in rows[:limit]], next_cursor
+
+
+def source_out(source: Source) -> SourceOut:
+    return SourceOut(
+        id=source.id,
+        name=source.name,
+        kind=source.kind,  # type: ignore[arg-type]
+        url=source.url,
+        every_minutes=source.every_minutes,
+        pledges=list(source.pledges),
+        match=MatchRules(any=source.match_any, all=source.match_all, none=source.match_none),
+        stance=source.stance,  # type: ignore[arg-type]
+        source_type=source.source_type,  # type: ignore[arg-type]
+        reliability=source.reliability,  # type: ignore[arg-type]
+        trusted=source.trusted,
+        enabled=source.enabled,
+        mapping=source.mapping,
+        last_run_at=source.last_run_at,
+        last_success_at=source.last_success_at,
+        consecutive_failures=source.consecutive_failures,
+        created_at=source.created_at,
+        updated_at=source.updated_at,
+    )
+
+
+def poll_interval_minutes(source: Source) -> int:
+    """How often to poll: the source's pace, halved for every failure in a row (up to 32 times
+    slower), so that a broken feed is not hammered."""
+    return source.every_minutes * (1 << min(source.consecutive_failures, 5))
+
+
+def start_run(session: Session, source_id: str, *, now: datetime) -> SourceRun:
+    """Record that a poll of ``source_id`` begins."""
+    get_source(session, source_id)
+    run = SourceRun(
+        source_id=source_id,
+        started_at=now,
+        outcome="running",
+        items_seen=0,
+        evidence_added=0,
+        links_added=0,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def run_out(run: SourceRun) -> RunOut:
+    return RunOut(
+        id=run.id,
+        source_id=run.source_id,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        outcome=run.outcome,  # type: ignore[arg-type]
+        http_status=run.http_status,
+        items_seen=run.items_seen,
+        evidence_added=run.evidence_added,
+        links_added=run.links_added,
+        error=run.error,
+    )
+
+
+def list_runs(
+    session: Session, source_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[RunOut], str | None]:
+    """A source's runs, newest first."""
+    get_source(session, source_id)
+    after = decode_cursor(cursor, 1)
+    query = select(SourceRun).where(SourceRun.source_id == source_id)
+    if after is not None:
+        query = query.where(SourceRun.id < cursor_id(after[0]))
+    rows = session.scalars(query.order_by(SourceRun.id.desc()).limit(limit + 1)).all()
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return [run_out(row) for row in rows[:limit]], next_cursor
+
+
+def load_sources_file(
+    session: Session, path: Path, *, now: datetime, substitutions: dict[str, str] | None = None
+) -> list[str]:
+    """Create the sources listed in a YAML file that do not exist yet; return their ids.
+
+    Sources already present are left as they are: an admin may have edited them.
+    ``{name}`` in the file is replaced by ``substitutions[name]``.
+    """
+    text = path.read_text(encoding="utf-8")
+    for name, value in (substitutions or {}).items():
+        text = text.replace("{" + name + "}", value)
+    document = yaml.safe_load(text) or {}
+    created = []
+    for index, entry in enumerate(document.get("sources") or []):
+        try:
+            data = SourceCreate.model_validate(entry)
+        except ValidationError as error:
+            problems = field_errors(error.errors(include_url=False), whole="(source)")
+            first = problems[0]
+            raise InvalidInput(
+                f"{path.name}: sources[{index}].{first['field']}", first["message"]
+            ) from None
+        if session.get(Source, data.id) is not None:
+            continue
+        missing = set(data.pledges) - set(
+            session.scalars(select(Pledge.id).where(Pledge.id.in_(data.pledges)))
+        )
+        if missing:
+            # A file may name pledges this database does not have (yet): attach to the rest.
+            data = data.model_copy(
+                update={"pledges": [p for p in data.pledges if p not in missing]}
+            )
+            if not data.pledges:
+                continue
+        create_source(session, data, now=now)
+        created.append(data.id)
+    return created
