@@ -43,9 +43,7 @@ from app.domain.pledges.service import FINAL_STATUSES, start_of
 from app.domain.proposals.models import Proposal
 from app.domain.status.models import StatusChange
 from app.domain.status.revision import claim_revision, publish_revision
-from app.domain.status.schemas import StatusChangeIn
-from app.domain.status.service import change_status
-from app.errors import DomainError
+from app.domain.status.service import PlannedChange, apply_planned_changes
 from app.metrics import PROPOSALS, RULE_CHANGES, STATUS_CHANGES
 
 log = logging.getLogger("pledgewatch.rules")
@@ -479,36 +477,32 @@ def _apply(
         )
         session.flush()
         return actions
-    done = []
-    principal = rule_principal(rule.name)
-    for action in actions:
-        # A savepoint per change: one pledge that cannot be changed (say, edited meanwhile in
-        # a way the rule did not foresee) is skipped and logged, never the whole evaluation.
-        try:
-            with session.begin_nested():
-                change_status(
-                    session,
-                    action.pledge_id,
-                    StatusChangeIn(
-                        status=action.status,  # type: ignore[arg-type]
-                        reason=action.reason,
-                        evidence_ids=list(action.evidence_ids),
-                        effective_at=action.effective_at,
-                    ),
-                    principal=principal,
-                    if_match=None,
-                    now=now,
-                    tolerance=timedelta(0),
-                )
-        except DomainError as error:
-            report.skipped += 1
-            log.warning(
-                "rule change skipped",
-                extra={"rule": rule.name, "pledge_id": action.pledge_id, "error": error.detail},
+    # All of a rule's changes in a batch go in together (a few statements, not a few per
+    # pledge); one that can no longer be made (say, the pledge was changed meanwhile in a way
+    # the rule did not foresee) is skipped and logged, never the whole evaluation.
+    by_pledge = {action.pledge_id: action for action in actions}
+    made, refused = apply_planned_changes(
+        session,
+        [
+            PlannedChange(
+                pledge_id=action.pledge_id,
+                to_status=action.status,
+                effective_at=action.effective_at or now,
+                reason=action.reason,
+                evidence_ids=tuple(action.evidence_ids),
             )
-            continue
-        done.append(action)
-    return done
+            for action in actions
+        ],
+        actor=rule_principal(rule.name).actor,
+        now=now,
+    )
+    for change, why in refused:
+        report.skipped += 1
+        log.warning(
+            "rule change skipped",
+            extra={"rule": rule.name, "pledge_id": change.pledge_id, "error": why},
+        )
+    return [by_pledge[change.pledge_id] for change in made]
 
 
 def _verification_drift(session: Session, states: Sequence[PledgeState]) -> list[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.domain.evidence.models import Evidence, EvidenceLink
@@ -130,6 +131,90 @@ def change_status(
     bump_version(session, pledge, expected)
     publish_revision(session)
     return change
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedChange:
+    """A status change a rule wants, later than the pledge's current status."""
+
+    pledge_id: str
+    to_status: str
+    effective_at: datetime
+    reason: str
+    evidence_ids: tuple[int, ...] = ()
+
+
+def apply_planned_changes(
+    session: Session, changes: Sequence[PlannedChange], *, actor: str, now: datetime
+) -> tuple[list[PlannedChange], list[tuple[PlannedChange, str]]]:
+    """Record many rule changes with a fixed number of statements, whatever their number.
+
+    Each change must come after the pledge's current status (rules only ever move a
+    pledge forward), so it becomes the current status and ``from_status`` is the
+    status it replaces. A change that is no change, leaves a final status, or does
+    not come after the current one is not made: it is returned with the reason.
+    Returns (made, refused).
+    """
+    version = claim_revision(session)
+    if not changes:
+        return [], []
+    current = {
+        row.id: row
+        for row in session.execute(
+            select(Pledge.id, Pledge.status, Pledge.status_since, Pledge.made_on).where(
+                Pledge.id.in_({change.pledge_id for change in changes})
+            )
+        )
+    }
+    made: list[PlannedChange] = []
+    refused: list[tuple[PlannedChange, str]] = []
+    seen: set[str] = set()
+    for change in changes:
+        state = current.get(change.pledge_id)
+        if state is None:
+            refused.append((change, "no such pledge"))
+        elif change.pledge_id in seen:
+            refused.append((change, "a second change for the pledge in one batch"))
+        elif change.to_status == state.status:
+            refused.append((change, f"the pledge is already {state.status}"))
+        elif state.status in FINAL_STATUSES:
+            refused.append((change, f"the pledge is {state.status}, a final status"))
+        elif not state.status_since <= change.effective_at <= now:
+            refused.append((change, "effective_at is not between the current status and now"))
+        else:
+            made.append(change)
+            seen.add(change.pledge_id)
+    if not made:
+        return made, refused
+    session.execute(
+        insert(StatusChange),
+        [
+            {
+                "pledge_id": change.pledge_id,
+                "from_status": current[change.pledge_id].status,
+                "to_status": change.to_status,
+                "effective_at": change.effective_at,
+                "recorded_at": now,
+                "actor": actor,
+                "reason": change.reason,
+                "evidence_ids": list(change.evidence_ids),
+            }
+            for change in made
+        ],
+    )
+    table: Table = Pledge.__table__  # type: ignore[assignment]
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("pid"))
+        .values(status=bindparam("to"), status_since=bindparam("since"), version=version),
+        [
+            {"pid": change.pledge_id, "to": change.to_status, "since": change.effective_at}
+            for change in made
+        ],
+    )
+    refresh_verification(session, [change.pledge_id for change in made])
+    publish_revision(session)
+    return made, refused
 
 
 def change_out(change: StatusChange) -> StatusChangeOut:
