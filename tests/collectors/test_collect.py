@@ -198,14 +198,21 @@ def test_item_already_known_by_url_is_linked_not_copied(
         (Answer(status=404, body=b"gone"), "404"),
         (Answer(body=b"<rss><channel><item><title>unclosed"), "XML"),
         (Answer(body=rss(*ITEMS), delay=2.0), "time"),
+        (Answer(body=b"x" * (6 * 1024 * 1024)), "limit"),
+        (Answer(body=b'{"items": [', content_type="application/json"), "JSON"),
     ],
-    ids=["server-error", "not-found", "malformed-xml", "timeout"],
+    ids=["server-error", "not-found", "malformed-xml", "timeout", "huge-body", "malformed-json"],
 )
 def test_a_bad_feed_fails_its_own_run_with_the_error_in_words(
     context: CollectContext, server: FeedServer, database: Database, answer: Answer, expected: str
 ) -> None:
     server.answers["/feed"] = answer
-    source_id = add_source(context, server.url("/feed"))
+    json_source = {"kind": "json", "mapping": {"items": "items", "title": "t", "published_at": "d"}}
+    source_id = add_source(
+        context,
+        server.url("/feed"),
+        **(json_source if answer.content_type.endswith("json") else {}),
+    )
 
     result = collect_source(context, source_id)
 
