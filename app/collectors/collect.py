@@ -26,6 +26,7 @@ from app.domain.evidence.schemas import EvidenceFields, LinkIn
 from app.domain.evidence.service import Draft, ingest
 from app.domain.pledges.models import Pledge
 from app.domain.sources.models import Source, SourceRun
+from app.domain.sources.service import start_run
 from app.metrics import EVIDENCE_COLLECTED, SOURCE_RUNS
 
 if TYPE_CHECKING:
@@ -78,17 +79,7 @@ def collect_source(
         if source is None or (run_id is None and not source.enabled):
             return None
         if run_id is None:
-            run = SourceRun(
-                source_id=source_id,
-                started_at=clock.now(),
-                outcome="running",
-                items_seen=0,
-                evidence_added=0,
-                links_added=0,
-            )
-            session.add(run)
-            session.flush()
-            run_id = run.id
+            run_id = start_run(session, source_id, now=clock.now()).id
         url, etag, last_modified = source.url, source.etag, source.last_modified
 
     try:

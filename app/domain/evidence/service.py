@@ -364,6 +364,25 @@ def _stamp_versions(session: Session, pledge_ids: Sequence[str]) -> None:
         )
 
 
+def tallied_sources(session: Session, pledge_ids: Sequence[str]) -> dict[str, list[SourceCount]]:
+    """The accepted sources behind each of ``pledge_ids`` (at most a few hundred ids)."""
+    sources: dict[str, list[SourceCount]] = defaultdict(list)
+    for row in session.scalars(
+        select(SourceTally).where(SourceTally.pledge_id.in_(pledge_ids), SourceTally.links > 0)
+    ):
+        sources[row.pledge_id].append(
+            SourceCount(
+                row.stance,
+                row.source_type,
+                row.reliability,
+                row.source_name,
+                row.links,
+                row.targets_met,
+            )
+        )
+    return sources
+
+
 def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
     """Regrade the verification of ``pledge_ids`` from their tallies; write only what changed."""
     ids = sorted(set(pledge_ids))
@@ -375,20 +394,7 @@ def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
                 select(Pledge.id, Pledge.status, Pledge.verification).where(Pledge.id.in_(chunk))
             )
         }
-        sources: dict[str, list[SourceCount]] = defaultdict(list)
-        for row in session.execute(
-            select(SourceTally).where(SourceTally.pledge_id.in_(chunk), SourceTally.links > 0)
-        ).scalars():
-            sources[row.pledge_id].append(
-                SourceCount(
-                    row.stance,
-                    row.source_type,
-                    row.reliability,
-                    row.source_name,
-                    row.links,
-                    row.targets_met,
-                )
-            )
+        sources = tallied_sources(session, chunk)
         changes = [
             {"pid": pledge_id, "level": level}
             for pledge_id, (status, verification) in current.items()

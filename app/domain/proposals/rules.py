@@ -34,9 +34,9 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import Database
-from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
-from app.domain.evidence.service import refresh_verification
-from app.domain.evidence.verification import NOT_INDEPENDENT, SourceCount, grade
+from app.domain.evidence.models import Evidence, EvidenceLink
+from app.domain.evidence.service import refresh_verification, tallied_sources
+from app.domain.evidence.verification import NOT_INDEPENDENT, grade
 from app.domain.keys.service import rule_principal
 from app.domain.pledges.models import Pledge
 from app.domain.pledges.service import FINAL_STATUSES, start_of
@@ -511,22 +511,7 @@ def _verification_drift(session: Session, states: Sequence[PledgeState]) -> list
     Every write keeps verification current, so this finds nothing unless
     something went around the services; evaluate is the safety net.
     """
-    sources: dict[str, list[SourceCount]] = defaultdict(list)
-    for row in session.scalars(
-        select(SourceTally).where(
-            SourceTally.pledge_id.in_([s.id for s in states]), SourceTally.links > 0
-        )
-    ):
-        sources[row.pledge_id].append(
-            SourceCount(
-                row.stance,
-                row.source_type,
-                row.reliability,
-                row.source_name,
-                row.links,
-                row.targets_met,
-            )
-        )
+    sources = tallied_sources(session, [s.id for s in states])
     return [s.id for s in states if grade(s.status, sources.get(s.id, [])) != s.verification]
 
 

@@ -192,3 +192,23 @@ def test_sources_example_file_is_valid_and_disabled(database: Database, clock: F
     assert again == []
     assert {s.id for s in items} == set(created)
     assert all(not s.enabled for s in items)
+
+
+def test_the_sources_file_setting_creates_its_sources_at_start_up(
+    db_url: str, database: Database, clock: FrozenClock, keys: Keys
+) -> None:
+    from pathlib import Path
+
+    with database.transaction() as session:
+        seed(session, clock)
+    settings = Settings(
+        database_url=db_url,
+        log_json=False,
+        log_level="WARNING",
+        scheduler_enabled=False,
+        sources_file=Path(__file__).resolve().parents[3] / "sources.example.yaml",
+    )
+    with TestClient(create_app(settings, clock=clock, database=database)) as client:
+        listed = client.get(f"{API}/sources", headers=keys["admin"]).json()["items"]
+    assert "us-state-press-releases" in {source["id"] for source in listed}
+    assert not any(source["enabled"] for source in listed)
