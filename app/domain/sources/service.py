@@ -158,12 +158,6 @@ def source_out(source: Source) -> SourceOut:
     )
 
 
-def poll_interval_minutes(source: Source) -> int:
-    """How often to poll: the source's pace, halved for every failure in a row (up to 32 times
-    slower), so that a broken feed is not hammered."""
-    return source.every_minutes * (1 << min(source.consecutive_failures, 5))
-
-
 def start_run(session: Session, source_id: str, *, now: datetime) -> SourceRun:
     """Record that a poll of ``source_id`` begins."""
     get_source(session, source_id)
