@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,11 +15,16 @@ from rich.markup import escape
 from app.clock import SystemClock
 from app.config import get_settings
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
 app = typer.Typer(help="Pledgewatch: trust, but verify.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The hash-chained ledger of every write.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
 err = Console(stderr=True)
 
 
@@ -77,6 +85,193 @@ def keys_create(
     finally:
         database.dispose()
     typer.echo(secret)
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Recompute the chain and compare every row with its latest entry; exit 1 if anything is
+    wrong, naming the first bad entry and the row it concerns."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from app.db import Database
+    from app.domain.ledger.service import read_head, verify_database
+
+    database = Database(get_settings().database_url, pool_size=1)
+    try:
+        with database.transaction(write=False) as session:
+            expected = read_head(session).length
+        with Progress(
+            TextColumn("verifying the ledger"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("verify", total=expected or None)
+            verdict = verify_database(
+                database, progress=lambda seq: progress.update(task, completed=seq)
+            )
+    finally:
+        database.dispose()
+    if verdict.ok:
+        err.print(f"[green]ledger ok[/green]: {verdict.length} entries, head {verdict.head}")
+        return
+    first = verdict.first_bad
+    assert first is not None
+    where = f"entry {first.seq}" if first.seq is not None else "a row with no entry"
+    err.print(
+        f"[red]ledger NOT ok[/red]: first bad: {where}, "
+        f"{escape(first.subject or '(no subject)')}: {escape(first.reason)}"
+    )
+    for problem in verdict.problems[1:20]:
+        err.print(f"  also: seq {problem.seq}, {escape(problem.subject or '')}: {problem.reason}")
+    raise typer.Exit(1)
+
+
+class ExportFormatOption(StrEnum):
+    json = "json"
+    csv = "csv"
+
+
+class _ProgressBar:
+    """The transfer services' progress, drawn on standard error."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def start(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total or None)
+
+    def update(self, completed: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=completed)
+
+
+def _progress() -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _write(chunks: Iterator[bytes], output: Path | None) -> None:
+    """To standard output, or to ``output`` (mode 0600, replaced only once complete)."""
+    if output is None:
+        stream = typer.get_binary_stream("stdout")
+        for chunk in chunks:
+            stream.write(chunk)
+        stream.flush()
+        return
+    partial = output.with_name(output.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # a file left from before keeps its mode otherwise
+        with os.fdopen(descriptor, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+@app.command("export")
+def export_command(
+    export_format: Annotated[
+        ExportFormatOption,
+        typer.Option(
+            "--format",
+            help="json: everything needed to rebuild this database (`pledgewatch import`), "
+            "webhook secrets included; csv: one row per pledge.",
+        ),
+    ] = ExportFormatOption.json,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here (mode 0600) instead of standard output."),
+    ] = None,
+) -> None:
+    """Export the state from one consistent snapshot (progress on standard error)."""
+    from app.db import Database
+    from app.domain.transfer.service import export_csv, snapshot, stream_export
+
+    database = Database(get_settings().database_url, pool_size=1)
+    now = SystemClock().now()
+    try:
+        if export_format is ExportFormatOption.csv:
+            with snapshot(database) as session:
+                table = export_csv(session, now=now)
+            _write(iter([table.encode("utf-8")]), output)
+        else:
+            with _progress() as progress:
+                chunks = stream_export(
+                    database, now=now, include_secrets=True, progress=_ProgressBar(progress)
+                )
+                _write(chunks, output)
+    finally:
+        database.dispose()
+    if output is not None:
+        err.print(f"[green]exported[/green] to {escape(str(output))}")
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[
+        str, typer.Argument(help="A file made by `pledgewatch export` ('-': standard input).")
+    ],
+) -> None:
+    """Rebuild a new, migrated, empty database from an export, in one transaction; the ledger
+    must then verify to the export's head, or nothing is written. Exit 2 when refused."""
+    import json
+
+    from app.db import Database
+    from app.domain.transfer.service import import_document
+    from app.errors import DomainError
+
+    try:
+        if file == "-":
+            document = json.load(typer.get_binary_stream("stdin"))
+        else:
+            with open(file, "rb") as handle:
+                document = json.load(handle)
+    except OSError as error:
+        err.print(
+            f"[red]cannot read {escape(file)}:[/red] {escape(error.strerror or str(error))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    except (ValueError, RecursionError) as error:
+        err.print(
+            f"[red]{escape(file)} is not valid JSON:[/red] {escape(str(error))}", soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+
+    database = Database(get_settings().database_url, pool_size=1)
+    try:
+        with _progress() as progress, database.transaction() as session:
+            report = import_document(session, document, progress=_ProgressBar(progress))
+    except DomainError as error:
+        err.print(
+            f"[red]import refused, nothing was written:[/red] {escape(error.detail)}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
+    finally:
+        database.dispose()
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+    err.print(
+        f"[green]imported[/green] {sum(report.rows.values())} rows; ledger verified: "
+        f"{report.ledger.length} entries, head {report.ledger.hash}",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     # How often the status rules run over every pledge.
     evaluate_every_seconds: int = Field(default=300, gt=0)
 
+    # Server-Sent Events: a comment line this often keeps idle connections (and proxies) open;
+    # the ledger's head is read this often to hear of writes made by other processes; beyond
+    # this many open streams a new one is refused with 503 and Retry-After.
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    events_poll_seconds: float = Field(default=1.0, gt=0)
+    sse_max_clients: int = Field(default=500, gt=0)
+
+    # Webhooks: each attempt may take this long; a failed one is retried after
+    # base * 2^(attempts - 1) seconds (with jitter), up to max attempts in all.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    deliver_every_seconds: float = Field(default=5.0, gt=0)
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,12 +20,17 @@ from app.collectors.fetch import SafeFetcher
 from app.config import Settings, get_settings
 from app.db import Database
 from app.demo.router import router as demo_router
+from app.domain.events.router import router as events_router
+from app.domain.events.stream import EventBroadcaster
 from app.domain.evidence.router import router as evidence_router
+from app.domain.ledger.router import router as ledger_router
 from app.domain.pledges.router import router as pledges_router
 from app.domain.proposals.router import router as proposals_router
 from app.domain.sources.router import router as sources_router
 from app.domain.status.router import router as status_router
 from app.domain.status.view_cache import StatusViewCache
+from app.domain.transfer.router import router as transfer_router
+from app.domain.webhooks.router import router as webhooks_router
 from app.gates import DatabaseGates
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
@@ -88,6 +94,7 @@ def create_app(
         )
         app.state.schema_head = head_revision()
         app.state.status_cache = StatusViewCache(settings.status_cache_entries)
+        app.state.ledger_verify_lock = threading.Lock()
         app.state.fetcher = SafeFetcher(
             allow_private=settings.allow_private_source_hosts,
             clock=app.state.clock,
@@ -105,9 +112,18 @@ def create_app(
             # Each worker starts one; the leader lock lets only one of them run jobs.
             app.state.scheduler = SchedulerService(settings, clock=app.state.clock)
             app.state.scheduler.start()
+        # Wakes /events streams on every ledger commit, here or in other processes.
+        app.state.events = EventBroadcaster(
+            database=app.state.database,
+            gates=app.state.gates,
+            poll_seconds=settings.events_poll_seconds,
+            max_streams=settings.sse_max_clients,
+        )
+        await app.state.events.start()
         try:
             yield
         finally:
+            await app.state.events.stop()
             if app.state.scheduler is not None:
                 await asyncio.to_thread(app.state.scheduler.stop)
             app.state.fetcher.close()
@@ -126,6 +142,10 @@ def create_app(
     app.include_router(status_router, prefix=API_PREFIX)
     app.include_router(sources_router, prefix=API_PREFIX)
     app.include_router(proposals_router, prefix=API_PREFIX)
+    app.include_router(webhooks_router, prefix=API_PREFIX)
+    app.include_router(transfer_router, prefix=API_PREFIX)
+    app.include_router(events_router, prefix=API_PREFIX)
+    app.include_router(ledger_router, prefix=API_PREFIX)
     app.include_router(system_router)
     if settings.demo_mode:
         app.include_router(demo_router)

@@ -68,3 +68,21 @@ SCHEDULER_LEADER = Gauge(
     "pledgewatch_scheduler_leader",
     "1 while this process holds the scheduler's leader lock and runs the jobs.",
 )
+SSE_STREAMS = Gauge(
+    "pledgewatch_sse_streams",
+    "Server-Sent Events streams (/api/v1/events) open in this process.",
+)
+SSE_STREAMS_REFUSED = Counter(
+    "pledgewatch_sse_streams_refused_total",
+    "Server-Sent Events streams refused with 503 because every slot was taken.",
+)
+WEBHOOK_QUEUED = Counter(
+    "pledgewatch_webhook_deliveries_queued_total",
+    "Webhook deliveries queued: one per event per subscription.",
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "pledgewatch_webhook_attempts_total",
+    "Attempts to deliver a webhook event, by outcome (delivered; retry: failed, tried again "
+    "later; failed: failed for the last time).",
+    ["outcome"],
+)

@@ -4,10 +4,12 @@ from app.db import Base
 from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
 from app.domain.idempotency.models import IdempotencyRecord
 from app.domain.keys.models import ApiKey
+from app.domain.ledger.models import LedgerEntry
 from app.domain.pledges.models import Pledge, PledgeParty, PledgeTopic
 from app.domain.proposals.models import Proposal
 from app.domain.sources.models import Source, SourceRun
 from app.domain.status.models import Revision, StatusChange
+from app.domain.webhooks.models import Webhook, WebhookDelivery
 from app.scheduler.models import JobRun, SchedulerLease, apscheduler_jobs
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "EvidenceLink",
     "IdempotencyRecord",
     "JobRun",
+    "LedgerEntry",
     "Pledge",
     "PledgeParty",
     "PledgeTopic",
@@ -27,5 +30,7 @@ __all__ = [
     "SourceRun",
     "SourceTally",
     "StatusChange",
+    "Webhook",
+    "WebhookDelivery",
     "apscheduler_jobs",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +143,27 @@ def test_keys_create_needs_both_options(migrated: str) -> None:
     assert runner.invoke(app, ["keys", "create", "--name", "x"]).exit_code == 2
     assert runner.invoke(app, ["keys", "create", "--role", "viewer"]).exit_code == 2
     assert _key_count(migrated) == 0
+
+
+def test_ledger_verify_passes_on_a_seeded_database_and_names_a_row_edited_with_sqlite3(
+    migrated: str,
+) -> None:
+    seeded = runner.invoke(app, ["seed"])
+    assert seeded.exit_code == 0, seeded.output
+    clean = runner.invoke(app, ["ledger", "verify"])
+    assert clean.exit_code == 0, clean.output
+    assert "ledger ok" in clean.output
+
+    path = migrated.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE evidence SET title = 'Quietly edited' WHERE id = 3")
+        (seq,) = connection.execute(
+            "SELECT max(seq) FROM ledger_entry WHERE subject = 'evidence:3'"
+        ).fetchone()
+    connection.close()
+
+    tampered = runner.invoke(app, ["ledger", "verify"])
+    assert tampered.exit_code == 1
+    output = " ".join(tampered.output.split())
+    assert f"first bad: entry {seq}, evidence:3" in output
+    assert "differs from what entry" in output

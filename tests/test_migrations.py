@@ -75,3 +75,69 @@ def test_constraint_names_follow_the_convention(empty_url: str) -> None:
                 assert unique["name"].startswith(f"uq_{table}_")
     finally:
         engine.dispose()
+
+
+def test_rows_older_than_the_ledger_are_adopted_so_an_upgraded_database_verifies(
+    empty_url: str,
+) -> None:
+    from app.db import Database
+    from app.domain.ledger.service import verify
+
+    upgrade(empty_url, "0002")
+    engine = create_engine(empty_url)
+    moment = "2024-04-02 18:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pledge (id, title, text, kind, made_on, verification_criteria, "
+                "review_every_days, status, status_since, verification, evidence_count, "
+                "unreviewed_count, version, created_at, updated_at, created_by) VALUES "
+                "('old-pledge', 'An old pledge', 'Text.', 'commitment', '2023-11-15', 'Criteria.', "
+                f"30, 'not_yet_rated', '{moment}', 'unverified', 0, 1, 1, '{moment}', "
+                f"'{moment}', 'seed')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO pledge_topic (pledge_id, topic, position) "
+                "VALUES ('old-pledge', 'narcotics', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO status_change (pledge_id, from_status, to_status, effective_at, "
+                "recorded_at, actor, reason, evidence_ids) VALUES ('old-pledge', NULL, "
+                f"'not_yet_rated', '{moment}', '{moment}', 'seed', 'Recorded.', '[]')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO evidence (title, url, url_key, summary, published_at, source_name, "
+                "source_type, reliability, content_hash, collected_by, recorded_at) VALUES "
+                f"('Item', NULL, NULL, 'Summary.', '{moment}', 'Wire', 'independent', 'high', "
+                f"'{'a' * 64}', 'seed', '{moment}')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO evidence_link (evidence_id, pledge_id, stance, review, linked_by, "
+                f"created_at, published_at) VALUES (1, 'old-pledge', 'supports', 'unreviewed', "
+                f"'seed', '{moment}', '{moment}')"
+            )
+        )
+    engine.dispose()
+
+    upgrade(empty_url)
+
+    database = Database(empty_url, pool_size=1)
+    try:
+        with database.transaction(write=False) as session:
+            verdict = verify(session)
+            subjects = [
+                row[0]
+                for row in session.execute(text("SELECT subject FROM ledger_entry ORDER BY seq"))
+            ]
+    finally:
+        database.dispose()
+    assert verdict.ok, verdict.problems
+    assert subjects == ["pledge:old-pledge", "status_change:1", "evidence:1", "link:1"]

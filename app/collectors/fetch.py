@@ -7,6 +7,8 @@ allowed, or the host:port is explicitly exempt), and the connection is then made
 to the vetted address itself, so a second, different DNS answer (rebinding)
 cannot slip a private address in between the check and the connection.
 Redirects are followed here, one hop at a time, each target vetted the same way.
+Webhook deliveries (``SafeFetcher.post``) go through the same guard, follow no
+redirects and retry nothing: their caller records each attempt and retries later.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -76,6 +78,15 @@ class FetchResult:
     last_modified: str | None
     final_url: str
     fetched_at: datetime
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """The answer to one POST: its status (a 3xx is returned, never followed)."""
+
+    status_code: int
+    reason: str
     elapsed_s: float
 
 
@@ -168,6 +179,11 @@ def _vet(
         raise error_type(
             f"could not resolve the host {host!r} of {str(parsed)!r}: {error.strerror or error}",
             outcome="network_error",
+        ) from error
+    except UnicodeError as error:
+        # The resolver encodes the name with IDNA, which refuses empty or over-long labels.
+        raise FetchError(
+            f"{str(parsed)!r} has an invalid host name: {error}", outcome="invalid_url"
         ) from error
     if not addresses:
         raise FetchError(f"the host {host!r} resolved to no address", outcome="network_error")
@@ -292,6 +308,63 @@ class SafeFetcher:
             ) from error
         finally:
             FETCH_SECONDS.labels(outcome=outcome).observe(time.monotonic() - started)
+
+    def post(
+        self, url: str, content: bytes, *, headers: Mapping[str, str], timeout: float
+    ) -> PostResult:
+        """POST ``content`` to ``url`` once; raise FetchError if no answer comes.
+
+        The target is vetted like a fetch, after DNS, and the connection made to the vetted
+        address. Unlike a fetch there are no exempt hosts (they exist for feeds the service
+        serves itself, not for requests it sends on a subscriber's behalf), no redirects (a
+        3xx is the answer) and no retries. ``timeout`` bounds connecting, sending, and waiting
+        for the answer's headers, each; the answer's body is not read.
+        """
+        started = time.monotonic()
+        target = _vet(
+            url, allow_private=self._allow_private, exempt_hosts=frozenset(), resolve=self._resolve
+        )
+        shown = str(target.url)
+        with self._slot(target.host.lower()):
+            try:
+                response = self._connect(
+                    target,
+                    {"User-Agent": self._user_agent, **headers},
+                    method="POST",
+                    content=content,
+                    timeout=httpx.Timeout(timeout),
+                )
+            except httpx.ConnectTimeout as error:
+                raise FetchError(f"connecting to {shown} timed out", outcome="timeout") from error
+            except httpx.TimeoutException as error:
+                raise FetchError(
+                    f"{shown} did not answer within {timeout:g} s", outcome="timeout"
+                ) from error
+            except httpx.ConnectError as error:
+                invalid = _cause(error, ssl.SSLCertVerificationError)
+                if invalid is not None:
+                    raise FetchError(
+                        f"the TLS certificate of {shown} is not valid: "
+                        f"{invalid.verify_message or invalid}",
+                        outcome="network_error",
+                    ) from error
+                raise FetchError(
+                    f"could not connect to {shown}: {str(error) or type(error).__name__}",
+                    outcome="network_error",
+                ) from error
+            except (httpx.TransportError, httpx.InvalidURL, OSError, ValueError) as error:
+                raise FetchError(
+                    f"posting to {shown} failed: {str(error) or type(error).__name__}",
+                    outcome="network_error",
+                ) from error
+            try:
+                return PostResult(
+                    status_code=response.status_code,
+                    reason=response.reason_phrase,
+                    elapsed_s=time.monotonic() - started,
+                )
+            finally:
+                response.close()
 
     def _fetch(
         self, url: str, *, etag: str | None, last_modified: str | None, started: float
@@ -447,15 +520,28 @@ class SafeFetcher:
             finally:
                 response.close()
 
-    def _connect(self, target: _Target, headers: dict[str, str]) -> httpx.Response:
-        """Send the request to the first vetted address that accepts a connection."""
+    def _connect(
+        self,
+        target: _Target,
+        headers: dict[str, str],
+        *,
+        method: str = "GET",
+        content: bytes | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """Send the request to the first vetted address that accepts a connection.
+
+        Trying the next address is safe for any method: nothing was sent to the last one.
+        """
         last_error: httpx.ConnectError | None = None
         for address in target.addresses:
             request = self._client.build_request(
-                "GET",
+                method,
                 target.url.copy_with(host=address),
                 headers={**headers, "Host": target.url.netloc.decode("ascii")},
+                content=content,
                 extensions={"sni_hostname": target.host},
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
             try:
                 return self._client.send(request, stream=True, follow_redirects=False)

@@ -36,6 +36,10 @@ log = logging.getLogger("pledgewatch.scheduler")
 EVALUATE = "evaluate"
 SYNC_SOURCES = "sync-sources"
 COLLECT_PREFIX = "collect:"
+DELIVER = "deliver"
+# Jobs that guard each unit of their work themselves, so a tick that runs twice does no harm:
+# they run without a job_run row per tick (every 5 s, that would be 17,280 rows a day).
+SELF_GUARDED_JOBS = frozenset({DELIVER})
 # Sources are added, changed and disabled through the API at any time; the
 # scheduler catches up within this long.
 SYNC_SOURCES_EVERY_SECONDS = 30
@@ -139,8 +143,17 @@ def run_once(
 ) -> bool:
     """Run ``body`` for this tick unless the tick already ran; True when it ran here.
 
-    At most once: a tick claimed by a process that then died is not run again.
+    At most once: a tick claimed by a process that then died is not run again. Jobs in
+    ``SELF_GUARDED_JOBS`` are not recorded: the leader lock keeps them to one process, and
+    their own claims make a second run of a tick harmless.
     """
+    if job_id in SELF_GUARDED_JOBS:
+        token = _CURRENT.set(context)
+        try:
+            body()
+        finally:
+            _CURRENT.reset(token)
+        return True
     try:
         claimed = claim_tick(context, job_id, scheduled_for)
     except SQLAlchemyError:
@@ -186,6 +199,14 @@ def collect(source_id: str) -> None:
 
     context = current_context()
     collect_source(context.collector(), source_id)
+
+
+def deliver() -> None:
+    """Queue new events for every webhook and send the deliveries that are due."""
+    from app.domain.webhooks.deliver import run
+
+    context = current_context()
+    run(context.database, context.collector().fetcher, context.clock, context.settings)
 
 
 def sync_sources() -> None:
@@ -290,6 +311,7 @@ def register_jobs(scheduler: Any, context: SchedulerContext) -> None:
     ensure_interval_job(
         scheduler, EVALUATE, evaluate, seconds=context.settings.evaluate_every_seconds
     )
+    ensure_interval_job(scheduler, DELIVER, deliver, seconds=context.settings.deliver_every_seconds)
     # Reconcile at once: a new leader should not wait to start polling sources.
     ensure_interval_job(
         scheduler,

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.clock import Clock
@@ -21,7 +20,6 @@ from app.domain.keys.service import Principal
 from app.domain.pledges.models import Pledge
 from app.domain.pledges.schemas import PledgeCreate, PledgeSource
 from app.domain.pledges.service import SEED_ACTOR, create_pledge
-from app.domain.status.models import StatusChange
 from app.domain.status.schemas import StatusChangeIn
 from app.domain.status.service import change_status
 
@@ -60,6 +58,8 @@ def seed(session: Session, clock: Clock, *, data: dict[str, Any] | None = None) 
         if session.get(Pledge, entry["id"]) is not None:
             report.pledges_existing += 1
             continue
+        assessment = entry.get("assessment") or {}
+        unrated = assessment.get("status", "not_yet_rated") == "not_yet_rated"
         pledge = create_pledge(
             session,
             PledgeCreate(
@@ -85,14 +85,8 @@ def seed(session: Session, clock: Clock, *, data: dict[str, Any] | None = None) 
             ),
             actor=SEED_ACTOR,
             now=now,
+            unrated_because=assessment.get("reason") if unrated else None,
         )
-        assessment = entry.get("assessment") or {}
-        unrated = assessment.get("status", "not_yet_rated") == "not_yet_rated"
-        if unrated and assessment.get("reason"):
-            first = session.scalars(
-                select(StatusChange).where(StatusChange.pledge_id == pledge.id)
-            ).one()
-            first.reason = assessment["reason"]
         created.add(pledge.id)
         report.pledges_created += 1
 

@@ -101,3 +101,59 @@ def test_two_analysts_with_one_if_match_get_one_201_and_one_412(
         ).all()
         assert sorted(changes) == sorted(["not_yet_rated", winner["to_status"]])
         assert session.get_one(Pledge, "us-cn-test-pledge").status == winner["to_status"]
+
+
+def test_many_concurrent_writers_make_one_unbroken_chain(
+    live_server: str, keys: dict[str, dict[str, str]], database: Database
+) -> None:
+    """Writers of every kind at once, through the real server: the ledger never forks."""
+    pledges = [f"chain-pledge-{n}" for n in range(4)]
+    for pledge_id in pledges:
+        created = httpx.post(
+            f"{live_server}/api/v1/pledges",
+            json=pledge_body(id=pledge_id),
+            headers=keys["analyst"],
+        )
+        assert created.status_code == 201, created.text
+
+    async def race() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(base_url=live_server, timeout=60, limits=limits) as client:
+            calls = [
+                client.post(
+                    f"/api/v1/pledges/{pledges[n % 4]}/evidence",
+                    json={**evidence_body(100 + n), "stance": "supports"},
+                    headers=keys["collector"],
+                )
+                for n in range(40)
+            ] + [
+                client.patch(
+                    f"/api/v1/pledges/{pledges[n % 4]}",
+                    json={"title": f"Renamed {n}"},
+                    headers=keys["analyst"],
+                )
+                for n in range(12)
+            ]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(race())
+    assert all(r.status_code in (200, 201) for r in responses), [
+        r.text for r in responses if r.status_code >= 300
+    ]
+
+    verdict = httpx.get(f"{live_server}/api/v1/ledger/verify").json()
+    assert verdict["ok"] is True, verdict
+    # 4 pledges (created + first status) + 40 items (item + link) + 12 edits.
+    assert verdict["length"] == 4 * 2 + 40 * 2 + 12
+    seqs: list[int] = []
+    cursor = None
+    while True:
+        page = httpx.get(
+            f"{live_server}/api/v1/ledger",
+            params={"limit": 1000, **({"cursor": cursor} if cursor else {})},
+        ).json()
+        seqs.extend(entry["seq"] for entry in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seqs == list(range(1, verdict["length"] + 1))

@@ -26,7 +26,12 @@ from app.seed.loader import seed
 from tests.conftest import postgres_database_name, scratch_postgres
 from tests.e2e.conftest import running_server
 
-schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
+# /events answers 200 with a stream that never ends, and call_and_validate would wait for its
+# end: tests/e2e/test_events.py sends it the same generated requests and reads each 200 only
+# up to its first message.
+schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi()).exclude(
+    path="/api/v1/events"
+)
 
 
 def _prepare(url: str) -> str:

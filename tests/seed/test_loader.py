@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 from app.clock import FrozenClock
 from app.db import Database
 from app.domain.evidence.models import Evidence, EvidenceLink
+from app.domain.ledger.models import LedgerEntry
+from app.domain.ledger.service import verify
 from app.domain.pledges.models import Pledge
 from app.domain.status.models import Revision, StatusChange
 from app.seed.loader import load_seed_file, seed
@@ -90,6 +92,25 @@ def test_seeding_twice_changes_nothing(database: Database, clock: FrozenClock) -
     assert second.evidence_created == 0
     assert second.status_changes == 0
     assert _snapshot(database) == before
+
+
+def test_the_seed_is_in_the_ledger_and_verifies(database: Database, clock: FrozenClock) -> None:
+    with database.transaction() as session:
+        report = seed(session, clock)
+    with database.transaction(write=False) as session:
+        verdict = verify(session)
+        kinds = dict(
+            session.execute(select(LedgerEntry.kind, func.count()).group_by(LedgerEntry.kind)).all()
+        )
+    assert verdict.ok, verdict.problems
+    assert kinds == {
+        "pledge.created": report.pledges_created,
+        # Each pledge's first entry, and the assessments made as of the article.
+        "status.changed": report.pledges_created + report.status_changes,
+        "evidence.added": report.evidence_created,
+        "link.made": kinds["link.made"],
+    }
+    assert kinds["link.made"] >= report.evidence_created
 
 
 def test_seeded_assessments_as_of_the_article_date(

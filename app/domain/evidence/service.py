@@ -31,6 +31,7 @@ from app.domain.evidence.schemas import (
 )
 from app.domain.evidence.verification import SourceCount, grade
 from app.domain.keys.service import Principal
+from app.domain.ledger.service import record
 from app.domain.pledges.models import Pledge
 from app.domain.status.revision import claim_revision, publish_revision
 from app.errors import InvalidInput, NotFound, field_errors
@@ -192,16 +193,20 @@ def ingest(
                 },
             )
     new_links: list[tuple[int, str]] = []
+    new_link_ids: list[int] = []
     link_rows = list(wanted_links.values())
     link_statement = insert_or_ignore(session, EvidenceLink).returning(
-        EvidenceLink.evidence_id, EvidenceLink.pledge_id
+        EvidenceLink.id, EvidenceLink.evidence_id, EvidenceLink.pledge_id
     )
     for start in range(0, len(link_rows), 500):
         for row in session.execute(link_statement.values(link_rows[start : start + 500])):
             new_links.append((row.evidence_id, row.pledge_id))
+            new_link_ids.append(row.id)
 
     if inserted or new_links:
         _apply_new_links(session, [wanted_links[key] for key in new_links])
+        record(session, "evidence.added", sorted(inserted.values()), now=now)
+        record(session, "link.made", sorted(new_link_ids), now=now)
         publish_revision(session)
 
     new_per_evidence: dict[int, int] = defaultdict(int)
@@ -644,6 +649,7 @@ def review_link(
         _recount(session, pledge_id)
         refresh_verification(session, [pledge_id])
     _stamp_versions(session, [pledge_id])
+    record(session, "link.reviewed", [link.id], now=now)
     publish_revision(session)
     return link_out(link)
 

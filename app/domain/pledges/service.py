@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from app.domain.ledger.service import record
 from app.domain.pledges.models import Pledge, PledgeParty, PledgeTopic
 from app.domain.pledges.schemas import PledgeCreate, PledgeOut, PledgeSource, PledgeUpdate
 from app.domain.status.revision import claim_revision, publish_revision
@@ -87,8 +88,19 @@ def _unique_slug(session: Session, base: str) -> str:
     return f"{base}-{suffix}"
 
 
-def create_pledge(session: Session, data: PledgeCreate, *, actor: str, now: datetime) -> Pledge:
-    """Record a pledge; its history starts ``not_yet_rated`` on ``made_on``."""
+def create_pledge(
+    session: Session,
+    data: PledgeCreate,
+    *,
+    actor: str,
+    now: datetime,
+    unrated_because: str | None = None,
+) -> Pledge:
+    """Record a pledge; its history starts ``not_yet_rated`` on ``made_on``.
+
+    ``unrated_because`` replaces the first entry's stock reason (the seed explains why
+    some pledges cannot be rated yet).
+    """
     # Imported here: the status package builds on pledges, not the other way round.
     from app.domain.status.service import start_history
 
@@ -125,7 +137,8 @@ def create_pledge(session: Session, data: PledgeCreate, *, actor: str, now: date
     _set_lists(pledge, data.made_by, data.made_to, data.topics)
     session.add(pledge)
     session.flush()
-    start_history(session, pledge, actor=actor, now=now)
+    record(session, "pledge.created", [pledge.id], now=now)
+    start_history(session, pledge, actor=actor, now=now, reason=unrated_because)
     publish_revision(session)
     return pledge
 
@@ -227,6 +240,7 @@ def update_pledge(
     pledge.updated_at = now
     session.flush()
     bump_version(session, pledge, expected)
+    record(session, "pledge.edited", [pledge.id], now=now)
     publish_revision(session)
     return pledge
 

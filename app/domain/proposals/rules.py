@@ -38,6 +38,7 @@ from app.domain.evidence.models import Evidence, EvidenceLink
 from app.domain.evidence.service import refresh_verification, tallied_sources
 from app.domain.evidence.verification import NOT_INDEPENDENT, grade
 from app.domain.keys.service import rule_principal
+from app.domain.ledger.service import record
 from app.domain.pledges.models import Pledge
 from app.domain.pledges.service import FINAL_STATUSES, start_of
 from app.domain.proposals.models import Proposal
@@ -463,7 +464,7 @@ def _apply(
 ) -> list[Action]:
     """Carry out ``actions``; the ones done are returned (to be counted once committed)."""
     if rule.proposes:
-        session.add_all(
+        proposals = [
             Proposal(
                 pledge_id=action.pledge_id,
                 rule=rule.name,
@@ -474,8 +475,10 @@ def _apply(
                 state="open",
             )
             for action in actions
-        )
+        ]
+        session.add_all(proposals)
         session.flush()
+        record(session, "proposal.created", [proposal.id for proposal in proposals], now=now)
         return actions
     # All of a rule's changes in a batch go in together (a few statements, not a few per
     # pledge); one that can no longer be made (say, the pledge was changed meanwhile in a way

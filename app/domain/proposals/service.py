@@ -8,6 +8,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.domain.keys.service import Principal
+from app.domain.ledger.service import record
 from app.domain.proposals.models import Proposal
 from app.domain.proposals.schemas import ProposalOut
 from app.domain.status.revision import claim_revision
@@ -126,6 +127,7 @@ def confirm(
     proposal.note = note
     proposal.status_change_id = change.id
     session.flush()
+    record(session, "proposal.confirmed", [proposal.id], now=now)
     return proposal
 
 
@@ -134,10 +136,12 @@ def dismiss(
 ) -> Proposal:
     """Close the proposal without changing the pledge. The rule will not propose it again
     on the same grounds (see ``rules``)."""
+    claim_revision(session)
     proposal = _open_for_decision(session, proposal_id)
     proposal.state = "dismissed"
     proposal.decided_by = principal.actor
     proposal.decided_at = now
     proposal.note = note
     session.flush()
+    record(session, "proposal.dismissed", [proposal.id], now=now)
     return proposal

@@ -59,9 +59,9 @@ def update_source(
 
 
 @router.delete("/sources/{source_id}", status_code=204, responses=problems(*WRITE_ERRORS, 404))
-def delete_source(source_id: SourceId, session: SessionDep, _: Admin) -> Response:
+def delete_source(source_id: SourceId, session: SessionDep, clock: ClockDep, _: Admin) -> Response:
     """Remove a feed and its runs. The evidence it brought stays."""
-    service.delete_source(session, source_id)
+    service.delete_source(session, source_id, now=clock.now())
     return Response(status_code=204)
 
 

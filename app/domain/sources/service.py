@@ -12,9 +12,11 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.domain.ledger.service import record
 from app.domain.pledges.models import Pledge
 from app.domain.sources.models import Source, SourceRun
 from app.domain.sources.schemas import MatchRules, RunOut, SourceCreate, SourceOut, SourceUpdate
+from app.domain.status.revision import claim_revision
 from app.errors import Conflict, InvalidInput, NotFound, field_errors
 from app.pagination import cursor_id, decode_cursor, encode_cursor
 
@@ -48,6 +50,7 @@ def get_source(session: Session, source_id: str) -> Source:
 
 def create_source(session: Session, data: SourceCreate, *, now: datetime) -> Source:
     """Register a feed; it is polled from the scheduler's next reconciliation on."""
+    claim_revision(session)
     if session.get(Source, data.id) is not None:
         raise Conflict(f"a source with id {data.id!r} already exists")
     _check_pledges(session, data.pledges)
@@ -74,11 +77,13 @@ def create_source(session: Session, data: SourceCreate, *, now: datetime) -> Sou
     )
     session.add(source)
     session.flush()
+    record(session, "source.created", [source.id], now=now)
     return source
 
 
 def update_source(session: Session, source_id: str, data: SourceUpdate, *, now: datetime) -> Source:
     """Change what is given; a new URL forgets the conditional-GET state of the old one."""
+    claim_revision(session)
     source = get_source(session, source_id)
     changes = data.model_dump(exclude_unset=True)
     for field, value in changes.items():
@@ -114,13 +119,16 @@ def update_source(session: Session, source_id: str, data: SourceUpdate, *, now: 
         source.consecutive_failures = 0
     source.updated_at = now
     session.flush()
+    record(session, "source.edited", [source.id], now=now)
     return source
 
 
-def delete_source(session: Session, source_id: str) -> None:
+def delete_source(session: Session, source_id: str, *, now: datetime) -> None:
     """Remove a source and its runs; the evidence it brought stays."""
+    claim_revision(session)
     session.delete(get_source(session, source_id))
     session.flush()
+    record(session, "source.deleted", [source_id], now=now)
 
 
 def list_sources(

@@ -6,6 +6,7 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Tex
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime
+from app.domain.ledger.canonical import GENESIS
 
 
 class StatusChange(Base):
@@ -45,3 +46,6 @@ class Revision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+    # The ledger's head, moved under the same lock: one row read tells a dashboard both.
+    ledger_length: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS, server_default=GENESIS)

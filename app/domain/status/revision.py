@@ -47,3 +47,11 @@ def publish_revision(session: Session) -> int:
 
 def current_revision(session: Session) -> int:
     return int(session.execute(select(Revision.value).where(Revision.id == 1)).scalar_one())
+
+
+def current_revision_and_head(session: Session) -> tuple[int, int, str]:
+    """The revision and the ledger's length and head hash, in one primary-key read."""
+    row = session.execute(
+        select(Revision.value, Revision.ledger_length, Revision.ledger_head).where(Revision.id == 1)
+    ).one()
+    return int(row.value), int(row.ledger_length), str(row.ledger_head)

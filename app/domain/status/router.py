@@ -10,8 +10,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from app.clock import Clock
 from app.deps import Analyst, ClockDep, Reader, SessionDep, SettingsDep
 from app.domain.pledges.router import Cursor, Filters, Limit, PledgeId, etag_of
-from app.domain.status import service
-from app.domain.status.revision import current_revision
+from app.domain.pledges.service import get_pledge
+from app.domain.status import badge, service
+from app.domain.status.revision import current_revision_and_head
 from app.domain.status.schemas import StatusChangeIn, StatusChangeOut, StatusQuery, StatusView
 from app.domain.status.view_cache import StatusViewCache, status_etag
 from app.errors import InvalidInput
@@ -20,6 +21,9 @@ from app.pagination import Page, etag_matches
 from app.problems import READ_ERRORS, WRITE_ERRORS, problems
 
 router = APIRouter(tags=["status"])
+
+LEDGER_LENGTH_HEADER = "X-Pledgewatch-Ledger-Length"
+LEDGER_HEAD_HEADER = "X-Pledgewatch-Ledger-Head"
 
 Instant = Annotated[
     str | None,
@@ -161,9 +165,16 @@ def status_view(
         known_at=parse_instant(known_at, "known_at", clock, tolerance),
     )
     now = clock.now()
-    revision = current_revision(session)
+    state = current_revision_and_head(session)
+    revision, ledger_length, ledger_head = state
     etag = status_etag(revision, now.date(), query)
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    # Every ledger append moves the revision, so the ETag also stands for this head.
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "no-cache",
+        LEDGER_LENGTH_HEADER: str(ledger_length),
+        LEDGER_HEAD_HEADER: ledger_head,
+    }
     if etag_matches(etag, if_none_match):
         STATUS_CACHE.labels("not_modified").inc()
         return Response(status_code=304, headers=headers)
@@ -172,9 +183,42 @@ def status_view(
     body = cache.get(etag)
     if body is None:
         STATUS_CACHE.labels("built").inc()
-        view = service.dashboard(session, query, now=now, revision=revision)
+        view = service.dashboard(session, query, now=now, state=state)
         body = view.model_dump_json().encode()
         cache.put(etag, body)
     else:
         STATUS_CACHE.labels("cached").inc()
     return Response(body, media_type="application/json", headers=headers)
+
+
+class SVGResponse(Response):
+    media_type = "image/svg+xml"
+
+
+@router.get(
+    "/status/{pledge_id}/badge.svg",
+    response_class=SVGResponse,
+    responses={
+        200: {"description": "The badge.", "content": {"image/svg+xml": {}}},
+        **problems(304, *READ_ERRORS, 404),
+    },
+)
+def status_badge(
+    pledge_id: PledgeId,
+    session: SessionDep,
+    _: Reader,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """A small SVG badge of the pledge's status (its title, shortened, on the left), coloured by
+    status. ``ETag`` follows the pledge's version; send ``If-None-Match`` to get ``304``."""
+    pledge = get_pledge(session, pledge_id, with_lists=False)
+    # Revalidated every time: the badge must change the moment the status does, and the
+    # 304 that answers most requests costs one primary-key read.
+    headers = {"ETag": badge.badge_etag(pledge.version, pledge.status), "Cache-Control": "no-cache"}
+    if etag_matches(headers["ETag"], if_none_match):
+        return Response(status_code=304, headers=headers)
+    svg = badge.render_badge(pledge_id=pledge.id, title=pledge.title, status=pledge.status)
+    # Opened on its own, an SVG is a document: it may run nothing and load nothing.
+    headers["Content-Security-Policy"] = "default-src 'none'"
+    headers["X-Content-Type-Options"] = "nosniff"
+    return SVGResponse(svg.encode("utf-8"), headers=headers)

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from app.domain.ledger.schemas import LedgerHead
 from app.domain.pledges.schemas import PledgeKind, StatusName, VerificationLevel
 from app.types import RequiredText, StrictCount, UTCTimestamp
 
@@ -67,6 +68,10 @@ class StatusView(BaseModel):
     as_of: datetime
     known_at: datetime
     revision: int = Field(description="Grows with every change; the ETag is made from it.")
+    ledger: LedgerHead = Field(
+        description="The ledger's head when this answer was made: keep it to check later that "
+        "the history you saw was not rewritten (GET /api/v1/ledger/verify)."
+    )
     counts: dict[StatusName, int]
     pledges: list[StatusRow]
 

@@ -14,6 +14,8 @@ from app.domain.evidence.models import Evidence, EvidenceLink
 from app.domain.evidence.service import evidence_in_pledge, refresh_verification
 from app.domain.evidence.verification import SourceCount, grade
 from app.domain.keys.service import Principal
+from app.domain.ledger.schemas import LedgerHead
+from app.domain.ledger.service import record
 from app.domain.pledges.models import Pledge
 from app.domain.pledges.service import (
     FINAL_STATUSES,
@@ -25,7 +27,11 @@ from app.domain.pledges.service import (
     start_of,
 )
 from app.domain.status.models import StatusChange
-from app.domain.status.revision import claim_revision, current_revision, publish_revision
+from app.domain.status.revision import (
+    claim_revision,
+    current_revision_and_head,
+    publish_revision,
+)
 from app.domain.status.schemas import (
     StatusChangeIn,
     StatusChangeOut,
@@ -44,7 +50,9 @@ _LATEST_FIRST = (
 )
 
 
-def start_history(session: Session, pledge: Pledge, *, actor: str, now: datetime) -> StatusChange:
+def start_history(
+    session: Session, pledge: Pledge, *, actor: str, now: datetime, reason: str | None = None
+) -> StatusChange:
     """The first entry of every history: ``not_yet_rated`` from the day the pledge was made."""
     change = StatusChange(
         pledge_id=pledge.id,
@@ -53,11 +61,12 @@ def start_history(session: Session, pledge: Pledge, *, actor: str, now: datetime
         effective_at=start_of(pledge.made_on),
         recorded_at=now,
         actor=actor,
-        reason="Pledge recorded; not yet rated.",
+        reason=reason or "Pledge recorded; not yet rated.",
         evidence_ids=[],
     )
     session.add(change)
     session.flush()
+    record(session, "status.changed", [change.id], now=now)
     return change
 
 
@@ -129,6 +138,7 @@ def change_status(
     session.flush()
     refresh_verification(session, [pledge_id])
     bump_version(session, pledge, expected)
+    record(session, "status.changed", [change.id], now=now)
     publish_revision(session)
     return change
 
@@ -186,21 +196,25 @@ def apply_planned_changes(
             seen.add(change.pledge_id)
     if not made:
         return made, refused
-    session.execute(
-        insert(StatusChange),
-        [
-            {
-                "pledge_id": change.pledge_id,
-                "from_status": current[change.pledge_id].status,
-                "to_status": change.to_status,
-                "effective_at": change.effective_at,
-                "recorded_at": now,
-                "actor": actor,
-                "reason": change.reason,
-                "evidence_ids": list(change.evidence_ids),
-            }
-            for change in made
-        ],
+    change_ids = (
+        session.execute(
+            insert(StatusChange).returning(StatusChange.id, sort_by_parameter_order=True),
+            [
+                {
+                    "pledge_id": change.pledge_id,
+                    "from_status": current[change.pledge_id].status,
+                    "to_status": change.to_status,
+                    "effective_at": change.effective_at,
+                    "recorded_at": now,
+                    "actor": actor,
+                    "reason": change.reason,
+                    "evidence_ids": list(change.evidence_ids),
+                }
+                for change in made
+            ],
+        )
+        .scalars()
+        .all()
     )
     table: Table = Pledge.__table__  # type: ignore[assignment]
     session.execute(
@@ -213,6 +227,7 @@ def apply_planned_changes(
         ],
     )
     refresh_verification(session, [change.pledge_id for change in made])
+    record(session, "status.changed", list(change_ids), now=now)
     publish_revision(session)
     return made, refused
 
@@ -280,7 +295,11 @@ def history(
 
 
 def dashboard(
-    session: Session, query: StatusQuery, *, now: datetime, revision: int | None = None
+    session: Session,
+    query: StatusQuery,
+    *,
+    now: datetime,
+    state: tuple[int, int, str] | None = None,
 ) -> StatusView:
     """The status of every pledge (filtered), now or as of a past moment.
 
@@ -288,8 +307,7 @@ def dashboard(
     however long the history grows. A past moment is one index seek per pledge
     into the status history.
     """
-    if revision is None:
-        revision = current_revision(session)
+    revision, ledger_length, ledger_head = state or current_revision_and_head(session)
     as_of = min(query.as_of or now, now)
     known_at = min(query.known_at or now, now)
     rows = (
@@ -305,6 +323,7 @@ def dashboard(
         as_of=as_of,
         known_at=known_at,
         revision=revision,
+        ledger=LedgerHead(length=ledger_length, head=ledger_head),
         counts=counts,  # type: ignore[arg-type]
         pledges=rows,
     )

@@ -1,0 +1,122 @@
+"""A real webhook receiver on 127.0.0.1: checks every signature, fails attempts on request."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How the receiver answers one attempt: a status, after a delay, maybe with a Location."""
+
+    status: int = 200
+    delay: float = 0.0
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the receiver saw it, and what it answered."""
+
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    document: dict[str, Any]
+    signature_ok: bool
+    status: int
+
+    @property
+    def delivery_id(self) -> str:
+        return self.headers["x-pledgewatch-delivery"]
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass
+class Receiver:
+    base: str = ""
+    # The secret each path's subscription signs with.
+    secrets: dict[str, str] = field(default_factory=dict)
+    # Each delivery (by id) to a path gets these replies to its first attempts, then 200.
+    failures: dict[str, list[Reply]] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _attempts: Counter[str] = field(default_factory=Counter)
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def on(self, path: str) -> list[Received]:
+        with self.lock:
+            return [item for item in self.received if item.path == path]
+
+    def accepted(self, path: str) -> list[Received]:
+        return [item for item in self.on(path) if item.accepted]
+
+    def reply_for(self, path: str, delivery_id: str) -> Reply:
+        with self.lock:
+            attempt = self._attempts[delivery_id]
+            self._attempts[delivery_id] += 1
+        planned = self.failures.get(path, [])
+        return planned[attempt] if attempt < len(planned) else Reply()
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            secret = state.secrets.get(self.path, "")
+            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            signature_ok = hmac.compare_digest(expected, headers.get("x-pledgewatch-signature", ""))
+            reply = state.reply_for(self.path, headers.get("x-pledgewatch-delivery", ""))
+            with state.lock:
+                state.received.append(
+                    Received(
+                        path=self.path,
+                        headers=headers,
+                        body=body,
+                        document=json.loads(body),
+                        signature_ok=signature_ok,
+                        status=reply.status,
+                    )
+                )
+            if reply.delay:
+                time.sleep(reply.delay)
+            try:
+                self.send_response(reply.status)
+                if reply.location is not None:
+                    self.send_header("Location", reply.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            except OSError:
+                pass  # the sender gave up waiting (a timeout test): nothing to answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
