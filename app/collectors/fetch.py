@@ -341,16 +341,8 @@ class SafeFetcher:
                     f"{shown} did not answer within {timeout:g} s", outcome="timeout"
                 ) from error
             except httpx.ConnectError as error:
-                invalid = _cause(error, ssl.SSLCertVerificationError)
-                if invalid is not None:
-                    raise FetchError(
-                        f"the TLS certificate of {shown} is not valid: "
-                        f"{invalid.verify_message or invalid}",
-                        outcome="network_error",
-                    ) from error
-                raise FetchError(
-                    f"could not connect to {shown}: {str(error) or type(error).__name__}",
-                    outcome="network_error",
+                raise _bad_certificate(error, shown) or FetchError(
+                    _could_not_connect(error, shown), outcome="network_error"
                 ) from error
             except (httpx.TransportError, httpx.InvalidURL, OSError, ValueError) as error:
                 raise FetchError(
@@ -469,23 +461,10 @@ class SafeFetcher:
                 raise _RetryableError(
                     f"connecting to {shown} timed out", outcome="timeout"
                 ) from error
-            except httpx.ConnectError as error:
-                invalid = _cause(error, ssl.SSLCertVerificationError)
-                if invalid is not None:
-                    # Asking again will not fix a certificate.
-                    raise FetchError(
-                        f"the TLS certificate of {shown} is not valid: "
-                        f"{invalid.verify_message or invalid}",
-                        outcome="network_error",
-                    ) from error
-                raise _RetryableError(
-                    f"could not connect to {shown}: {str(error) or type(error).__name__}",
-                    outcome="network_error",
-                ) from error
             except httpx.TransportError as error:
-                raise _RetryableError(
-                    f"could not connect to {shown}: {str(error) or type(error).__name__}",
-                    outcome="network_error",
+                # Asking again will not fix a certificate; other connection failures may pass.
+                raise _bad_certificate(error, shown) or _RetryableError(
+                    _could_not_connect(error, shown), outcome="network_error"
                 ) from error
             try:
                 status = response.status_code
@@ -578,6 +557,21 @@ class SafeFetcher:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _bad_certificate(error: Exception, shown: str) -> FetchError | None:
+    """The failure to report when ``error`` comes from an invalid TLS certificate."""
+    invalid = _cause(error, ssl.SSLCertVerificationError)
+    if invalid is None:
+        return None
+    return FetchError(
+        f"the TLS certificate of {shown} is not valid: {invalid.verify_message or invalid}",
+        outcome="network_error",
+    )
+
+
+def _could_not_connect(error: Exception, shown: str) -> str:
+    return f"could not connect to {shown}: {str(error) or type(error).__name__}"
 
 
 def _cause(error: BaseException, kind: type[_E]) -> _E | None:

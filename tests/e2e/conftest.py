@@ -22,14 +22,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str, log_path: Path) -> Iterator[str]:
-    """``pledgewatch serve`` in its own process on ``database_url``; yields its base URL."""
+def running_server(
+    database_url: str, log_path: Path, settings: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``pledgewatch serve`` in its own process on ``database_url``; yields its base URL.
+
+    ``settings`` are extra environment variables (the scheduler is off unless they turn it on).
+    """
     port = free_port()
     env = {
         **os.environ,
         "PLEDGEWATCH_DATABASE_URL": database_url,
         "PLEDGEWATCH_SCHEDULER_ENABLED": "false",
         "PLEDGEWATCH_LOG_LEVEL": "WARNING",
+        **(settings or {}),
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(

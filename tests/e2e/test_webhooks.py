@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -15,51 +12,25 @@ import httpx
 import pytest
 
 from tests.domain.webhooks.receiver import Receiver, Reply, webhook_receiver
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import running_server
 from tests.factories import PLEDGE_ID, Keys, pledge_body
 
 pytestmark = pytest.mark.slow
 
 
-@contextmanager
-def serving_with_scheduler(database_url: str, log_path: Path) -> Iterator[str]:
+def serving_with_scheduler(database_url: str, log_path: Path) -> AbstractContextManager[str]:
     """``pledgewatch serve`` with the scheduler on, delivering every half second."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PLEDGEWATCH_DATABASE_URL": database_url,
-        "PLEDGEWATCH_SCHEDULER_ENABLED": "true",
-        "PLEDGEWATCH_ALLOW_PRIVATE_SOURCE_HOSTS": "true",
-        "PLEDGEWATCH_DELIVER_EVERY_SECONDS": "0.5",
-        "PLEDGEWATCH_WEBHOOK_RETRY_BASE_SECONDS": "1",
-        "PLEDGEWATCH_WEBHOOK_TIMEOUT_SECONDS": "2",
-        "PLEDGEWATCH_LOG_LEVEL": "WARNING",
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(lambda: _healthy(base) or process.poll() is not None, 30, log_path)
-            assert process.poll() is None, log_path.read_text()[-2000:]
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+    return running_server(
+        database_url,
+        log_path,
+        {
+            "PLEDGEWATCH_SCHEDULER_ENABLED": "true",
+            "PLEDGEWATCH_ALLOW_PRIVATE_SOURCE_HOSTS": "true",
+            "PLEDGEWATCH_DELIVER_EVERY_SECONDS": "0.5",
+            "PLEDGEWATCH_WEBHOOK_RETRY_BASE_SECONDS": "1",
+            "PLEDGEWATCH_WEBHOOK_TIMEOUT_SECONDS": "2",
+        },
+    )
 
 
 def wait_for(condition: Callable[[], bool], seconds: float, log_path: Path) -> None:

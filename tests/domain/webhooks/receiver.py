@@ -73,6 +73,13 @@ class Receiver:
         return planned[attempt] if attempt < len(planned) else Reply()
 
 
+class _ManyClientsServer(ThreadingHTTPServer):
+    # Two delivery runs open up to 16 connections at once; the default backlog of 5 would
+    # drop some on a busy machine, and the test would see a timeout the service did not cause.
+    request_queue_size = 64
+    daemon_threads = True
+
+
 @contextmanager
 def webhook_receiver() -> Iterator[Receiver]:
     state = Receiver()
@@ -110,8 +117,7 @@ def webhook_receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = _ManyClientsServer(("127.0.0.1", 0), Handler)
     state.base = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
