@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PLEDGEWATCH_DATABASE_URL ?= sqlite:///./pledgewatch.db
 
-.PHONY: run test lint typecheck pytest install install-dev lock clean
+.PHONY: run test lint typecheck pytest install install-dev lock clean bench bench-quick bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,31 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy app tests
+	$(BIN)/mypy app tests bench
 
 pytest:
 	$(BIN)/pytest -n 2 --dist loadgroup
+
+## bench: the benchmark of docs/PERFORMANCE.md at full size (1M evidence items; about 20
+## minutes the first time, half of it making the data, which is kept for later runs)
+bench: install bench-tools
+	$(BIN)/python -m bench full
+
+## bench-quick: the same on a tenth of the data, in under two minutes (CI's smoke check)
+bench-quick: install bench-tools
+	$(BIN)/python -m bench quick
+
+BENCH_VENV := .venv-bench
+
+# The load driver (Debian's wrk) and the peer (Datasette, in its own venv: its pins never
+# meet the app's).
+bench-tools: $(BENCH_VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+
+$(BENCH_VENV)/.installed: bench/requirements-datasette.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements-datasette.txt
+	touch $@
 
 ## lock: re-pin every dependency (run after changing pyproject.toml)
 lock:

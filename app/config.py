@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # Demo mode serves the bundled sample feed at /demo/feed.xml and lets the fetcher reach
     # this one address of our own (``self_address``, host:port) despite the private-host guard.
     demo_mode: bool = False
+    # Bench mode (set only by the benchmark, bench/): serves the reference endpoints that
+    # /status is measured against, under /bench. Never in production.
+    bench_mode: bool = False
     self_address: str = "127.0.0.1:8000"
     # The scheduler's leader lease (SQLite; PostgreSQL uses an advisory lock): renewed
     # every third of it, so a dead leader is replaced within about this long.

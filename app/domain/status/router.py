@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.clock import Clock
+from app.db import Database
 from app.deps import Analyst, ClockDep, Reader, SessionDep, SettingsDep
 from app.domain.pledges.router import Cursor, Filters, Limit, PledgeId, etag_of
 from app.domain.pledges.service import get_pledge
 from app.domain.status import badge, service
 from app.domain.status.revision import current_revision_and_head
 from app.domain.status.schemas import StatusChangeIn, StatusChangeOut, StatusQuery, StatusView
-from app.domain.status.view_cache import StatusViewCache, status_etag
+from app.domain.status.view_cache import (
+    RevisionState,
+    RevisionWatch,
+    StatusViewCache,
+    accepts_gzip,
+    gzip_etag,
+    status_etag,
+)
 from app.errors import InvalidInput
 from app.metrics import STATUS_CACHE, STATUS_CHANGES
 from app.pagination import Page, etag_matches
@@ -165,17 +177,25 @@ def status_view(
         known_at=parse_instant(known_at, "known_at", clock, tolerance),
     )
     now = clock.now()
+    watch: RevisionWatch | None = getattr(request.app.state, "revision_watch", None)
+    generation = watch.generation if watch is not None else 0
     state = current_revision_and_head(session)
+    # Only when this read began the transaction (checking a key reads first): then the
+    # state is at least as new as the generation taken just before it.
+    if watch is not None and "authorization" not in request.headers:
+        watch.offer(state, generation)
     revision, ledger_length, ledger_head = state
     etag = status_etag(revision, now.date(), query)
+    compress = accepts_gzip(request.headers.get("accept-encoding"))
     # Every ledger append moves the revision, so the ETag also stands for this head.
     headers = {
-        "ETag": etag,
+        "ETag": gzip_etag(etag) if compress else etag,
         "Cache-Control": "no-cache",
+        "Vary": "Accept-Encoding",
         LEDGER_LENGTH_HEADER: str(ledger_length),
         LEDGER_HEAD_HEADER: ledger_head,
     }
-    if etag_matches(etag, if_none_match):
+    if etag_matches(headers["ETag"], if_none_match):
         STATUS_CACHE.labels("not_modified").inc()
         return Response(status_code=304, headers=headers)
     cache: StatusViewCache = request.app.state.status_cache
@@ -188,7 +208,120 @@ def status_view(
         cache.put(etag, body)
     else:
         STATUS_CACHE.labels("cached").inc()
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+        body = cache.gzipped(etag, body)
     return Response(body, media_type="application/json", headers=headers)
+
+
+# How often each process reads the revision to hear of other processes' writes: a
+# dashboard polling any of them sees such a write within about this long.
+REVISION_POLL_SECONDS = 0.1
+
+
+async def read_revision_state(app: Any) -> RevisionState:
+    """The committed revision and ledger head, read in a worker thread like any request."""
+    database: Database = app.state.database
+
+    def read() -> RevisionState:
+        with database.transaction(write=False) as session:
+            return current_revision_and_head(session)
+
+    async with app.state.gates.admit(write=False):
+        return await anyio.to_thread.run_sync(read)
+
+
+async def start_revision_watch(app: Any) -> None:
+    """Keep ``app.state.revision_watch`` current (the lifespan stops it)."""
+    watch = RevisionWatch(REVISION_POLL_SECONDS)
+    app.state.revision_watch = watch
+    app.state.revision_poller = asyncio.create_task(watch.poll(lambda: read_revision_state(app)))
+
+
+async def stop_revision_watch(app: Any) -> None:
+    poller: asyncio.Task[None] | None = getattr(app.state, "revision_poller", None)
+    if poller is not None:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+
+
+class StatusFastPath:
+    """Answers a dashboard's poll of the whole ``/status`` before routing, from memory.
+
+    Polling is what most requests are: ``GET /status`` with no query, no key (public
+    reads) and, most of the time, the ETag it got last. When the revision is known
+    (:class:`RevisionWatch`) and the body for it is cached, the answer (``304``, or the
+    cached body, gzip-coded when accepted) needs no database read, no thread and no
+    dependency resolution; it is the same answer ``status_view`` gives, headers
+    included. Anything else (a query, a key, private reads, a revision or body not
+    known yet) goes on to ``status_view``. Mounted inside the request-id, logging and
+    metrics middleware, so these requests are logged and counted like the others.
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.route = next(
+            route for route in router.routes if getattr(route, "endpoint", None) is status_view
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != self.path
+            or scope["method"] != "GET"
+            or scope["query_string"]
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        watch: RevisionWatch | None = getattr(state, "revision_watch", None)
+        current = watch.current() if watch is not None else None
+        if watch is None or current is None or not state.settings.public_read:
+            await self.app(scope, receive, send)
+            return
+        if_none_match = accept_encoding = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+            elif name == b"accept-encoding":
+                accept_encoding = value.decode("latin-1")
+            elif name == b"authorization":
+                # A key is checked (and a bad one refused) by the full path.
+                await self.app(scope, receive, send)
+                return
+        revision, ledger_length, ledger_head = current
+        etag = watch.etag(revision, state.clock.now().date())
+        compress = accepts_gzip(accept_encoding)
+        tag = gzip_etag(etag) if compress else etag
+        headers = [
+            (b"etag", tag.encode("latin-1")),
+            (b"cache-control", b"no-cache"),
+            (b"vary", b"Accept-Encoding"),
+            (LEDGER_LENGTH_HEADER.lower().encode(), str(ledger_length).encode()),
+            (LEDGER_HEAD_HEADER.lower().encode(), ledger_head.encode("latin-1")),
+        ]
+        if etag_matches(tag, if_none_match):
+            scope["route"] = self.route
+            STATUS_CACHE.labels("not_modified").inc()
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        cache: StatusViewCache = state.status_cache
+        body = cache.get(etag)
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        if compress:
+            body = cache.gzipped(etag, body)
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-type", b"application/json"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        scope["route"] = self.route
+        STATUS_CACHE.labels("cached").inc()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class SVGResponse(Response):
