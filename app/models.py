@@ -1,7 +1,13 @@
 """Every ORM model, imported in one place so that Alembic and tests see the whole schema."""
 
 from app.db import Base
-from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
+from app.domain.evidence.models import (
+    Evidence,
+    EvidenceLink,
+    EvidenceMonth,
+    GradeDates,
+    SourceTally,
+)
 from app.domain.idempotency.models import IdempotencyRecord
 from app.domain.keys.models import ApiKey
 from app.domain.ledger.models import LedgerEntry
@@ -17,6 +23,8 @@ __all__ = [
     "Base",
     "Evidence",
     "EvidenceLink",
+    "EvidenceMonth",
+    "GradeDates",
     "IdempotencyRecord",
     "JobRun",
     "LedgerEntry",

@@ -3,10 +3,11 @@
 Nothing goes through the API: rows are made in memory and inserted with SQLAlchemy Core
 ``executemany`` in large transactions. The result is still a database the service accepts
 as its own: migrated by Alembic first, every derived column (a pledge's status,
-verification, counts, version; the source tallies; the revision and ledger head)
-consistent with the rows, and a ledger that ``pledgewatch ledger verify`` accepts. The
-ledger's payloads are built from :mod:`app.domain.ledger.subjects`' column lists and
-hashed with :mod:`app.domain.ledger.canonical`, the code the service itself uses.
+verification, counts, version; the source tallies, monthly totals and grade dates; the
+revision and ledger head) consistent with the rows, and a ledger that ``pledgewatch ledger
+verify`` accepts. The ledger's payloads are built from :mod:`app.domain.ledger.subjects`'
+column lists and hashed with :mod:`app.domain.ledger.canonical`, the code the service
+itself uses.
 
 The data are deterministic for a given size and seed (only "now" moves with the clock).
 """
@@ -30,10 +31,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, update
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.orm import Session
 
 from app.db import UTCDateTime
 from app.domain.evidence.identity import content_hash, url_key
-from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
+from app.domain.evidence.models import Evidence, EvidenceLink
+from app.domain.evidence.service import rebuild_summaries
 from app.domain.evidence.verification import SourceCount, grade
 from app.domain.ledger.canonical import GENESIS, entry_hash, payload_hash
 from app.domain.ledger.models import LedgerEntry
@@ -628,10 +631,9 @@ class Generator:
 
     # --- derived state ---------------------------------------------------------------------
 
-    def derived(self, version: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Each pledge's derived columns and every source tally, from what was generated."""
+    def derived(self, version: int) -> list[dict[str, Any]]:
+        """Each pledge's derived columns, from what was generated."""
         updates: list[dict[str, Any]] = []
-        tallies: list[dict[str, Any]] = []
         for pledge_id, state in self.state.items():
             sources = [
                 SourceCount(stance, source_type, reliability, name, links, met)
@@ -649,19 +651,7 @@ class Generator:
                     "version": version,
                 }
             )
-            tallies.extend(
-                {
-                    "pledge_id": pledge_id,
-                    "stance": source.stance,
-                    "source_type": source.source_type,
-                    "reliability": source.reliability,
-                    "source_name": source.source_name,
-                    "links": source.links,
-                    "targets_met": source.targets_met,
-                }
-                for source in sources
-            )
-        return updates, tallies
+        return updates
 
 
 @dataclass(slots=True)
@@ -848,7 +838,7 @@ def generate(
             report.links = links
             # One revision per ledger entry at least: every write appended one.
             report.revision = ledger.length
-            updates, tallies = generator.derived(report.revision)
+            updates = generator.derived(report.revision)
             pledge_table = _table(Pledge)
             connection.execute(
                 update(pledge_table)
@@ -866,8 +856,10 @@ def generate(
                 ),
                 updates,
             )
-            if tallies:
-                sink.insert(_table(SourceTally), tallies)
+            # The summaries as_of reads (tallies, monthly totals, grade dates) are made by
+            # the service's own code, from the links just written.
+            say("summarising the links")
+            rebuild_summaries(Session(bind=connection), None)
             connection.execute(
                 update(_table(Revision))
                 .where(_table(Revision).c.id == 1)

@@ -141,3 +141,44 @@ def test_rows_older_than_the_ledger_are_adopted_so_an_upgraded_database_verifies
         database.dispose()
     assert verdict.ok, verdict.problems
     assert subjects == ["pledge:old-pledge", "status_change:1", "evidence:1", "link:1"]
+
+
+def test_the_summaries_behind_as_of_are_made_from_the_links_on_upgrade(empty_url: str) -> None:
+    import random
+
+    from app.db import Database
+    from app.domain.evidence.service import ingest
+    from app.domain.pledges.schemas import PledgeCreate
+    from app.domain.pledges.service import create_pledge
+    from tests.conftest import NOW
+    from tests.domain.evidence.test_timeline import PLEDGES, random_draft, summaries_snapshot
+    from tests.factories import pledge_body
+
+    upgrade(empty_url)
+    rng = random.Random(4)
+    database = Database(empty_url, pool_size=1)
+    try:
+        with database.transaction() as session:
+            for pledge_id in PLEDGES:
+                create_pledge(
+                    session,
+                    PledgeCreate.model_validate(pledge_body(id=pledge_id)),
+                    actor="key:analyst",
+                    now=NOW,
+                )
+            drafts = [random_draft(rng, n, NOW, spread_days=300) for n in range(40)]
+            ingest(session, drafts, actor="key:analyst", accepted=True, now=NOW)
+        with database.transaction(write=False) as session:
+            kept = summaries_snapshot(session)
+        database.dispose()
+        assert kept["months"]
+        assert kept["grades"]
+
+        downgrade(empty_url, "0003")
+        assert not {"evidence_month", "grade_dates"} & _tables(empty_url)
+        upgrade(empty_url)
+
+        with database.transaction(write=False) as session:
+            assert summaries_snapshot(session) == kept
+    finally:
+        database.dispose()

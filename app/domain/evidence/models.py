@@ -98,3 +98,50 @@ class SourceTally(Base):
     links: Mapped[int] = mapped_column(Integer)
     # Of those links, how many are dataset observations that meet their target.
     targets_met: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The earliest publication among those links, and among those that meet a target:
+    # from them follow the dates on which each grade was reached (GradeDates).
+    first_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    first_met_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class EvidenceMonth(Base):
+    """Accepted links per pledge and calendar month of publication, with a running total.
+
+    What ``/status?as_of=`` counts from: the links up to a moment are the running
+    total of the last month before it plus the few links of its own month, a
+    fixed number of index seeks however long the history. A row exists only
+    while its month has accepted links.
+    """
+
+    __tablename__ = "evidence_month"
+
+    pledge_id: Mapped[str] = mapped_column(
+        ForeignKey("pledge.id", ondelete="CASCADE"), primary_key=True
+    )
+    # year * 100 + month, e.g. 202411: ordered, and the same on every database.
+    month: Mapped[int] = mapped_column(Integer, primary_key=True)
+    links: Mapped[int] = mapped_column(Integer)
+    # Accepted links published up to the end of this month (this one's included).
+    through: Mapped[int] = mapped_column(Integer)
+    latest_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GradeDates(Base):
+    """When a pledge's accepted evidence first reached each verification level.
+
+    One row per pledge and set of agreeing stances (a status grades on the links
+    that agree with it, see ``verification.AGREEING_STANCES``). Levels only rise
+    as links accumulate, so the grade as of a moment is the highest level whose
+    date is not after it. Kept with the tallies it is derived from.
+    """
+
+    __tablename__ = "grade_dates"
+
+    pledge_id: Mapped[str] = mapped_column(
+        ForeignKey("pledge.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The agreeing stances, sorted and joined by "+": "supports", "supports+undermines".
+    agreeing: Mapped[str] = mapped_column(String(32), primary_key=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    corroborated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, or_, s
 from sqlalchemy.orm import Session
 
 from app.domain.evidence.identity import content_hash, url_key
-from app.domain.evidence.models import Evidence, EvidenceLink, SourceTally
+from app.domain.evidence.models import Evidence, EvidenceLink, GradeDates, SourceTally
 from app.domain.evidence.schemas import (
     BatchProblem,
     BatchResult,
@@ -29,7 +29,14 @@ from app.domain.evidence.schemas import (
     PledgeEvidenceOut,
     QueueItem,
 )
-from app.domain.evidence.verification import SourceCount, grade
+from app.domain.evidence.timeline import add_to_months, rebuild_months, rebuild_tallies
+from app.domain.evidence.verification import (
+    AGREEING_KEYS,
+    LevelDates,
+    SourceCount,
+    grade,
+    level_dates,
+)
 from app.domain.keys.service import Principal
 from app.domain.ledger.service import record
 from app.domain.pledges.models import Pledge
@@ -137,7 +144,7 @@ def ingest(
     inserted: dict[str, int] = {}
     statement = insert_or_ignore(session, Evidence).returning(Evidence.id, Evidence.content_hash)
     for start in range(0, len(rows), 500):
-        for row in session.execute(statement.values(rows[start : start + 500])):
+        for row in session.execute(statement, rows[start : start + 500]):
             inserted[row.content_hash] = row.id
 
     # What was not inserted already existed: find it by URL first, then by hash.
@@ -199,7 +206,7 @@ def ingest(
         EvidenceLink.id, EvidenceLink.evidence_id, EvidenceLink.pledge_id
     )
     for start in range(0, len(link_rows), 500):
-        for row in session.execute(link_statement.values(link_rows[start : start + 500])):
+        for row in session.execute(link_statement, link_rows[start : start + 500]):
             new_links.append((row.evidence_id, row.pledge_id))
             new_link_ids.append(row.id)
 
@@ -273,19 +280,26 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
     tallies: dict[TallyKey, TallyDelta] = {}
     for link in links:
         pledge_id = link["pledge_id"]
+        published_at: datetime = link["published_at"]
         if link["review"] == "accepted":
             accepted[pledge_id] += 1
-            if pledge_id not in latest or latest[pledge_id] < link["published_at"]:
-                latest[pledge_id] = link["published_at"]
+            if pledge_id not in latest or latest[pledge_id] < published_at:
+                latest[pledge_id] = published_at
             source_type, reliability, source_name, met = sources[link["evidence_id"]]
             key = (pledge_id, link["stance"], source_type, reliability, source_name)
-            links_so_far, met_so_far = tallies.get(key, (0, 0))
-            tallies[key] = (links_so_far + 1, met_so_far + int(met))
+            tallies[key] = tallies.get(key, TallyDelta()).plus(published_at, met=met)
         else:
             unreviewed[pledge_id] += 1
 
-    if tallies:
-        _add_to_tallies(session, tallies)
+    regrade = _add_to_tallies(session, tallies) if tallies else set()
+    add_to_months(
+        session,
+        (
+            (link["pledge_id"], link["published_at"])
+            for link in links
+            if link["review"] == "accepted"
+        ),
+    )
 
     table: Table = Pledge.__table__  # type: ignore[assignment]
     params: list[dict[str, Any]] = [
@@ -323,39 +337,88 @@ def _apply_new_links(session: Session, links: list[dict[str, Any]]) -> None:
         params,
     )
     touched: list[str] = [p["pid"] for p in params]
-    refresh_verification(session, touched)
+    refresh_verification(session, sorted(regrade))
     _stamp_versions(session, touched)
 
 
 TallyKey = tuple[str, str, str, str, str]
 """pledge_id, stance, source_type, reliability, source_name"""
-TallyDelta = tuple[int, int]
-"""links, and how many of them are dataset observations that meet their target"""
 
 
-def _add_to_tallies(session: Session, tallies: dict[TallyKey, TallyDelta]) -> None:
-    statement = upsert(session, SourceTally)
+@dataclass(frozen=True, slots=True)
+class TallyDelta:
+    """New accepted links of one tally: how many, how many meet a target, the earliest of each."""
+
+    links: int = 0
+    targets_met: int = 0
+    first_at: datetime | None = None
+    first_met_at: datetime | None = None
+
+    def plus(self, published_at: datetime, *, met: bool) -> TallyDelta:
+        return TallyDelta(
+            links=self.links + 1,
+            targets_met=self.targets_met + int(met),
+            first_at=_earlier(self.first_at, published_at),
+            first_met_at=_earlier(self.first_met_at, published_at) if met else self.first_met_at,
+        )
+
+
+def _earlier(known: datetime | None, candidate: datetime) -> datetime:
+    return candidate if known is None or candidate < known else known
+
+
+def _add_to_tallies(session: Session, tallies: dict[TallyKey, TallyDelta]) -> set[str]:
+    """Add new accepted links to their tallies; return the pledges whose grade may have moved.
+
+    A grade, and the dates it was reached, depend on which tallies have links,
+    which meet a target, and the earliest link of each. Only a tally that the new
+    links start, or whose earliest date they move back, can change them: those
+    are the ones whose earliest date comes back as the new links' own.
+    """
+    table: Table = SourceTally.__table__  # type: ignore[assignment]
+    statement = upsert(session, table)
+    excluded = statement.excluded
     statement = statement.on_conflict_do_update(
         index_elements=["pledge_id", "stance", "source_type", "reliability", "source_name"],
         set_={
-            "links": SourceTally.links + statement.excluded.links,
-            "targets_met": SourceTally.targets_met + statement.excluded.targets_met,
+            "links": table.c.links + excluded.links,
+            "targets_met": table.c.targets_met + excluded.targets_met,
+            "first_at": _earliest_of(table.c.first_at, excluded.first_at),
+            "first_met_at": _earliest_of(table.c.first_met_at, excluded.first_met_at),
         },
-    )
+    ).returning(*(table.c[name] for name in _TALLY_KEY), table.c.first_at, table.c.first_met_at)
     rows = [
         {
-            "pledge_id": key[0],
-            "stance": key[1],
-            "source_type": key[2],
-            "reliability": key[3],
-            "source_name": key[4],
-            "links": links,
-            "targets_met": met,
+            **dict(zip(_TALLY_KEY, key, strict=True)),
+            "links": delta.links,
+            "targets_met": delta.targets_met,
+            "first_at": delta.first_at,
+            "first_met_at": delta.first_met_at,
         }
-        for key, (links, met) in sorted(tallies.items())
+        for key, delta in sorted(tallies.items())
     ]
+    moved: set[str] = set()
     for start in range(0, len(rows), 500):
-        session.execute(statement.values(rows[start : start + 500]))
+        for row in session.execute(statement, rows[start : start + 500]):
+            delta = tallies[tuple(row[:5])]
+            if row.first_at == delta.first_at or (
+                delta.first_met_at is not None and row.first_met_at == delta.first_met_at
+            ):
+                moved.add(row.pledge_id)
+    return moved
+
+
+_TALLY_KEY = ("pledge_id", "stance", "source_type", "reliability", "source_name")
+
+
+def _earliest_of(kept: Any, new: Any) -> Any:
+    """SQL for the earlier of two nullable instants (SQLite's min() is NULL if either is)."""
+    return case(
+        (new.is_(None), kept),
+        (kept.is_(None), new),
+        (new < kept, new),
+        else_=kept,
+    )
 
 
 def _stamp_versions(session: Session, pledge_ids: Sequence[str]) -> None:
@@ -372,19 +435,21 @@ def _stamp_versions(session: Session, pledge_ids: Sequence[str]) -> None:
 def tallied_sources(session: Session, pledge_ids: Sequence[str]) -> dict[str, list[SourceCount]]:
     """The accepted sources behind each of ``pledge_ids`` (at most a few hundred ids)."""
     sources: dict[str, list[SourceCount]] = defaultdict(list)
-    for row in session.scalars(
-        select(SourceTally).where(SourceTally.pledge_id.in_(pledge_ids), SourceTally.links > 0)
-    ):
-        sources[row.pledge_id].append(
-            SourceCount(
-                row.stance,
-                row.source_type,
-                row.reliability,
-                row.source_name,
-                row.links,
-                row.targets_met,
-            )
-        )
+    # Columns, not ORM objects: a batch regrades hundreds of pledges of ~100 tallies each.
+    for row in session.execute(
+        select(
+            SourceTally.pledge_id,
+            SourceTally.stance,
+            SourceTally.source_type,
+            SourceTally.reliability,
+            SourceTally.source_name,
+            SourceTally.links,
+            SourceTally.targets_met,
+            SourceTally.first_at,
+            SourceTally.first_met_at,
+        ).where(SourceTally.pledge_id.in_(pledge_ids), SourceTally.links > 0)
+    ).all():
+        sources[row[0]].append(SourceCount(*row[1:]))
     return sources
 
 
@@ -413,6 +478,64 @@ def refresh_verification(session: Session, pledge_ids: Sequence[str]) -> None:
                 .values(verification=bindparam("level")),
                 changes,
             )
+        _write_grade_dates(session, list(current), sources)
+
+
+def _write_grade_dates(
+    session: Session, pledge_ids: list[str], sources: dict[str, list[SourceCount]]
+) -> None:
+    """Bring the ``GradeDates`` rows of ``pledge_ids`` in line with their tallies."""
+    kept = {
+        (row.pledge_id, row.agreeing): LevelDates(
+            row.claimed_at, row.corroborated_at, row.verified_at
+        )
+        for row in session.execute(
+            select(
+                GradeDates.pledge_id,
+                GradeDates.agreeing,
+                GradeDates.claimed_at,
+                GradeDates.corroborated_at,
+                GradeDates.verified_at,
+            ).where(GradeDates.pledge_id.in_(pledge_ids))
+        )
+    }
+    changed = []
+    for pledge_id in pledge_ids:
+        for agreeing, stances in AGREEING_KEYS.items():
+            dates = level_dates(stances, sources.get(pledge_id, []))
+            if kept.get((pledge_id, agreeing), LevelDates()) != dates:
+                changed.append(
+                    {
+                        "pledge_id": pledge_id,
+                        "agreeing": agreeing,
+                        "claimed_at": dates.claimed_at,
+                        "corroborated_at": dates.corroborated_at,
+                        "verified_at": dates.verified_at,
+                    }
+                )
+    if changed:
+        table: Table = GradeDates.__table__  # type: ignore[assignment]
+        statement = upsert(session, table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["pledge_id", "agreeing"],
+            set_={
+                name: statement.excluded[name]
+                for name in ("claimed_at", "corroborated_at", "verified_at")
+            },
+        )
+        session.execute(statement, changed)
+
+
+def rebuild_summaries(session: Session, pledge_ids: Sequence[str] | None) -> None:
+    """Recompute the tallies, monthly totals and grades of ``pledge_ids`` from their links.
+
+    ``None`` means every pledge (a migration, an import, generated data).
+    """
+    rebuild_tallies(session, pledge_ids)
+    rebuild_months(session, pledge_ids)
+    if pledge_ids is None:
+        pledge_ids = list(session.scalars(select(Pledge.id).order_by(Pledge.id)))
+    refresh_verification(session, pledge_ids)
 
 
 def link_out(link: EvidenceLink) -> LinkOut:
@@ -633,21 +756,10 @@ def review_link(
     link.reviewed_at = now
     session.flush()
     if previous != review:
-        evidence = session.get_one(Evidence, evidence_id)
-        key = (
-            pledge_id,
-            link.stance,
-            evidence.source_type,
-            evidence.reliability,
-            evidence.source_name,
-        )
-        met = int(bool(evidence.target_met))
-        if previous == "accepted":
-            _add_to_tallies(session, {key: (-1, -met)})
-        if review == "accepted":
-            _add_to_tallies(session, {key: (1, met)})
+        # One pledge's links: recomputing its summaries is cheaper to get right than
+        # undoing one link's part in earliest dates and running totals.
         _recount(session, pledge_id)
-        refresh_verification(session, [pledge_id])
+        rebuild_summaries(session, [pledge_id])
     _stamp_versions(session, [pledge_id])
     record(session, "link.reviewed", [link.id], now=now)
     publish_revision(session)

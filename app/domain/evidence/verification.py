@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 AGREEING_STANCES: dict[str, frozenset[str]] = {
     "not_yet_rated": frozenset({"supports", "undermines"}),
@@ -26,6 +27,9 @@ class SourceCount:
     source_name: str
     links: int
     targets_met: int = 0
+    # The earliest publication among the links, and among those meeting a target.
+    first_at: datetime | None = None
+    first_met_at: datetime | None = None
 
 
 def grade(status: str, sources: Iterable[SourceCount]) -> str:
@@ -50,3 +54,75 @@ def grade(status: str, sources: Iterable[SourceCount]) -> str:
     if any(s.source_type == "pledger_official" for s in agreeing):
         return "claimed"
     return "unverified"
+
+
+def agreeing_key(status: str) -> str:
+    """The name of the stances that agree with ``status``: the key of its ``GradeDates`` row."""
+    return "+".join(sorted(AGREEING_STANCES[status]))
+
+
+AGREEING_KEYS: dict[str, frozenset[str]] = {
+    agreeing_key(status): stances for status, stances in AGREEING_STANCES.items()
+}
+"""Each distinct set of agreeing stances, by its key."""
+
+
+@dataclass(frozen=True, slots=True)
+class LevelDates:
+    """When the evidence agreeing with one set of stances first reached each level."""
+
+    claimed_at: datetime | None = None
+    corroborated_at: datetime | None = None
+    verified_at: datetime | None = None
+
+    def level_at(self, moment: datetime) -> str:
+        """The grade as of ``moment``: the highest level reached by then.
+
+        ``/status?as_of=`` applies the same rule in SQL, over the kept ``GradeDates``;
+        a test holds the two to the grade of the links themselves.
+        """
+        for level, reached in (
+            ("verified", self.verified_at),
+            ("corroborated", self.corroborated_at),
+            ("claimed", self.claimed_at),
+        ):
+            if reached is not None and reached <= moment:
+                return level
+        return "unverified"
+
+
+def level_dates(stances: frozenset[str], sources: Iterable[SourceCount]) -> LevelDates:
+    """When :func:`grade` first gives each level, for the links agreeing by ``stances``.
+
+    Each condition of :func:`grade` only becomes true as links accumulate, so it
+    holds from one date on: the first agreeing link of the pledging party
+    (claimed), of an independent source (corroborated), and the earlier of the
+    second distinct strong independent source's first link and the first
+    dataset observation meeting the target (verified).
+    """
+    agreeing = [
+        s for s in sources if s.links > 0 and s.stance in stances and s.first_at is not None
+    ]
+    claimed = _earliest(s.first_at for s in agreeing if s.source_type == "pledger_official")
+    independent = [s for s in agreeing if s.source_type not in NOT_INDEPENDENT]
+    corroborated = _earliest(s.first_at for s in independent)
+    first_by_strong_name: dict[str, datetime] = {}
+    for source in independent:
+        if source.reliability == "high" and source.first_at is not None:
+            known = first_by_strong_name.get(source.source_name)
+            if known is None or source.first_at < known:
+                first_by_strong_name[source.source_name] = source.first_at
+    strong_dates = sorted(first_by_strong_name.values())
+    second_strong = strong_dates[1] if len(strong_dates) >= 2 else None
+    target_met = _earliest(
+        s.first_met_at for s in agreeing if s.source_type == "dataset" and s.targets_met > 0
+    )
+    return LevelDates(
+        claimed_at=claimed,
+        corroborated_at=corroborated,
+        verified_at=_earliest((second_strong, target_met)),
+    )
+
+
+def _earliest(dates: Iterable[datetime | None]) -> datetime | None:
+    return min((d for d in dates if d is not None), default=None)

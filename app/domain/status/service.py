@@ -6,13 +6,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.domain.evidence.models import Evidence, EvidenceLink
+from app.domain.evidence.models import Evidence, EvidenceLink, EvidenceMonth, GradeDates
 from app.domain.evidence.service import evidence_in_pledge, refresh_verification
-from app.domain.evidence.verification import SourceCount, grade
+from app.domain.evidence.timeline import month_of, month_start
+from app.domain.evidence.verification import SourceCount, agreeing_key, grade
 from app.domain.keys.service import Principal
 from app.domain.ledger.schemas import LedgerHead
 from app.domain.ledger.service import record
@@ -304,17 +306,21 @@ def dashboard(
     """The status of every pledge (filtered), now or as of a past moment.
 
     The present is read from the pledges' kept current state and costs the same
-    however long the history grows. A past moment is one index seek per pledge
-    into the status history.
+    however long the history grows. A past moment (``as_of``) is a fixed number of
+    index seeks per pledge, into the status history and the dated summaries kept
+    with the evidence, however long the history. Only a past ``known_at`` (what
+    we knew then: links and changes recorded since are left out) reads the links
+    themselves.
     """
     revision, ledger_length, ledger_head = state or current_revision_and_head(session)
     as_of = min(query.as_of or now, now)
     known_at = min(query.known_at or now, now)
-    rows = (
-        _current_rows(session, query, now=now)
-        if query.as_of is None and query.known_at is None
-        else _past_rows(session, query, as_of=as_of, known_at=known_at)
-    )
+    if query.known_at is not None:
+        rows = _past_rows(session, query, as_of=as_of, known_at=known_at)
+    elif query.as_of is not None:
+        rows = _rows_as_of(session, query, as_of=as_of)
+    else:
+        rows = _current_rows(session, query, now=now)
     counts = dict.fromkeys(STATUSES, 0)
     for row in rows:
         counts[row.status] += 1
@@ -372,6 +378,126 @@ def _current_rows(session: Session, query: StatusQuery, *, now: datetime) -> lis
         )
         for row in session.execute(statement)
     ]
+
+
+def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> list[StatusRow]:
+    """Every pledge as of a past moment, from what we know now.
+
+    Per pledge: the status change in force (one seek), the accepted links up to
+    ``as_of`` (the running total of the month before plus the links of its own
+    month) and the grade reached by then (``GradeDates``).
+    """
+    month = month_of(as_of)
+    in_force = (
+        select(StatusChange.id)
+        .where(StatusChange.pledge_id == Pledge.id, StatusChange.effective_at <= as_of)
+        .order_by(*_LATEST_FIRST)
+        .limit(1)
+        .correlate(Pledge)
+        .scalar_subquery()
+    )
+
+    def month_before(column: Any) -> Any:
+        return (
+            select(column)
+            .where(EvidenceMonth.pledge_id == Pledge.id, EvidenceMonth.month < month)
+            .order_by(EvidenceMonth.month.desc())
+            .limit(1)
+            .correlate(Pledge)
+            .scalar_subquery()
+        )
+
+    this_month = and_(
+        EvidenceLink.pledge_id == Pledge.id,
+        EvidenceLink.review == "accepted",
+        EvidenceLink.published_at >= month_start(month),
+        EvidenceLink.published_at <= as_of,
+    )
+    # The grade is worked out in the database: reading the three dates of every pledge
+    # would cost more in converting them than the whole query does.
+    reached = (
+        select(
+            case(
+                *(
+                    (column <= as_of, level)
+                    for column, level in (
+                        (GradeDates.verified_at, "verified"),
+                        (GradeDates.corroborated_at, "corroborated"),
+                        (GradeDates.claimed_at, "claimed"),
+                    )
+                ),
+                else_="unverified",
+            )
+        )
+        .where(
+            GradeDates.pledge_id == Pledge.id,
+            GradeDates.agreeing
+            == case(
+                *((StatusChange.to_status == status, agreeing_key(status)) for status in STATUSES)
+            ),
+        )
+        .correlate(Pledge, StatusChange)
+        .scalar_subquery()
+    )
+    statement = filter_pledges(
+        select(
+            Pledge.id,
+            Pledge.title,
+            Pledge.kind,
+            Pledge.due_on,
+            Pledge.made_on,
+            Pledge.review_every_days,
+            StatusChange.to_status,
+            StatusChange.effective_at,
+            func.coalesce(reached, "unverified").label("verification"),
+            month_before(EvidenceMonth.through).label("links_before"),
+            month_before(EvidenceMonth.latest_at).label("latest_before"),
+            select(func.count())
+            .where(this_month)
+            .correlate(Pledge)
+            .scalar_subquery()
+            .label("links_this_month"),
+            select(func.max(EvidenceLink.published_at))
+            .where(this_month)
+            .correlate(Pledge)
+            .scalar_subquery()
+            .label("latest_this_month"),
+        ).join(StatusChange, StatusChange.id == in_force),
+        # The status filter is on the status as of then, below, not on today's.
+        status=None,
+        kind=query.kind,
+        topic=query.topic,
+        party=query.party,
+        q=query.q,
+    ).order_by(Pledge.id)
+    rows = session.execute(statement).all()
+    if query.status is not None:
+        rows = [row for row in rows if row.to_status == query.status]
+    today = as_of.date()
+    result = []
+    for row in rows:
+        last_evidence_at = row.latest_this_month or row.latest_before
+        result.append(
+            StatusRow(
+                id=row.id,
+                title=row.title,
+                kind=row.kind,
+                status=row.to_status,
+                status_since=row.effective_at,
+                verification=row.verification,
+                evidence_count=(row.links_before or 0) + row.links_this_month,
+                last_evidence_at=last_evidence_at,
+                overdue=is_overdue(
+                    status=row.to_status,
+                    last_evidence_at=last_evidence_at,
+                    made_on=row.made_on,
+                    review_every_days=row.review_every_days,
+                    today=today,
+                ),
+                due_on=row.due_on,
+            )
+        )
+    return result
 
 
 def _past_rows(

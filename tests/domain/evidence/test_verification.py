@@ -6,6 +6,7 @@ links must count for nothing.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,14 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domain.evidence.verification import AGREEING_STANCES, SourceCount, grade
+from app.domain.evidence.verification import (
+    AGREEING_KEYS,
+    AGREEING_STANCES,
+    SourceCount,
+    agreeing_key,
+    grade,
+    level_dates,
+)
 from tests.factories import evidence_body, pledge_body
 
 Keys = dict[str, dict[str, str]]
@@ -350,3 +358,54 @@ def test_api_status_change_regrades_against_the_new_status(client: TestClient, k
     assert changed.status_code == 201, changed.text
     # in_progress agrees only with supports: the undermining sources no longer count.
     assert _verification(client) == "unverified"
+
+
+# --- the grade as of a moment (what /status?as_of= reads) ----------------------------------
+
+_DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
+_links = st.lists(
+    st.tuples(
+        st.sampled_from(("supports", "undermines", "context")),
+        st.sampled_from(SOURCE_TYPES),
+        st.sampled_from(("low", "medium", "high")),
+        st.sampled_from(("A", "B", "C")),
+        st.integers(min_value=0, max_value=30),  # days after _DAY0
+        st.booleans(),  # meets a target (counted for datasets only)
+    ),
+    max_size=12,
+)
+
+
+def _tallied(links: list[tuple[str, str, str, str, int, bool]]) -> list[SourceCount]:
+    """Links folded into tallies with their earliest dates, as the service keeps them."""
+    tallies: dict[tuple[str, str, str, str], list[Any]] = {}
+    for stance, source_type, reliability, name, day, meets_target in links:
+        at = _DAY0 + timedelta(days=day)
+        met = meets_target and source_type == "dataset"
+        tally = tallies.setdefault((stance, source_type, reliability, name), [0, 0, None, None])
+        tally[0] += 1
+        tally[1] += int(met)
+        tally[2] = at if tally[2] is None else min(tally[2], at)
+        if met:
+            tally[3] = at if tally[3] is None else min(tally[3], at)
+    return [SourceCount(*key, *values) for key, values in tallies.items()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.sampled_from(STATUSES), links=_links, day=st.integers(min_value=-1, max_value=31))
+def test_the_grade_as_of_a_day_is_the_grade_of_the_links_published_by_then(
+    status: str, links: list[tuple[str, str, str, str, int, bool]], day: int
+) -> None:
+    moment = _DAY0 + timedelta(days=day)
+    dates = level_dates(AGREEING_STANCES[status], _tallied(links))
+    published_by_then = [link for link in links if link[4] <= day]
+    assert dates.level_at(moment) == grade(status, _tallied(published_by_then))
+    # And with every link in, the dates give today's grade.
+    assert dates.level_at(_DAY0 + timedelta(days=400)) == grade(status, _tallied(links))
+
+
+def test_each_status_reads_the_dates_of_its_own_agreeing_stances() -> None:
+    assert agreeing_key("in_progress") == agreeing_key("kept") == "supports"
+    assert agreeing_key("broken") == "undermines"
+    assert agreeing_key("not_yet_rated") == "supports+undermines"
+    assert set(AGREEING_KEYS) == {"supports", "undermines", "supports+undermines"}

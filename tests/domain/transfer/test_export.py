@@ -53,6 +53,8 @@ STATE_TABLES = {
     "evidence",
     "evidence_link",
     "source_tally",
+    "evidence_month",
+    "grade_dates",
     "status_change",
     "proposal",
     "source",
