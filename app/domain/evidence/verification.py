@@ -15,6 +15,8 @@ AGREEING_STANCES: dict[str, frozenset[str]] = {
     "broken": frozenset({"undermines"}),
 }
 NOT_INDEPENDENT = frozenset({"pledger_official", "analyst_note"})
+GRADED_STANCES: frozenset[str] = frozenset().union(*AGREEING_STANCES.values())
+"""The stances that can agree with some status: links of any other (context) never count."""
 
 
 @dataclass(frozen=True, slots=True)

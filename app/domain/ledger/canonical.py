@@ -32,10 +32,26 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _plain_default(value: Any) -> Any:
+    # What json cannot encode itself, reduced as plain() does; everything else it encodes
+    # natively (dicts, lists, tuples), without a walk over the value in Python first.
+    if isinstance(value, datetime | date | Mapping):
+        return plain(value)
+    raise TypeError(f"{type(value).__name__} is not part of a ledger payload")
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=True,
+    allow_nan=False,
+    default=_plain_default,
+)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(
-        plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    """The canonical bytes of ``value``: the JSON of :func:`plain` of it."""
+    return _ENCODER.encode(value).encode("ascii")
 
 
 def sha256_hex(data: bytes) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import Table, event, func, insert, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.db import Database
@@ -127,8 +127,10 @@ def record(session: Session, kind: str, keys: Sequence[Any], *, now: datetime) -
             }
         )
         previous = current
+    # The table, not the entity: a plain executemany, without the ORM's bulk bookkeeping.
+    table: Table = LedgerEntry.__table__  # type: ignore[assignment]
     for start in range(0, len(rows), 1000):
-        session.execute(insert(LedgerEntry), rows[start : start + 1000])
+        session.execute(insert(table), rows[start : start + 1000])
     new_head = Head(length, previous)
     session.execute(
         update(Revision)
