@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     # whose process died; a retry may then take it over instead of waiting forever.
     idempotency_stale_seconds: int = Field(default=120, gt=0)
     status_cache_entries: int = Field(default=256, gt=0)
+    # Their bytes, bodies and gzip codings together (a 1,000-pledge body is about 330 KB).
+    status_cache_mb: int = Field(default=32, gt=0)
     # Clients' clocks drift; a timestamp this far ahead of ours is still "now".
     future_tolerance_seconds: int = Field(default=300, ge=0)
     log_level: str = "INFO"

@@ -98,7 +98,9 @@ def create_app(
             single_writer=app.state.database.dialect == "sqlite",
         )
         app.state.schema_head = head_revision()
-        app.state.status_cache = StatusViewCache(settings.status_cache_entries)
+        app.state.status_cache = StatusViewCache(
+            settings.status_cache_entries, max_bytes=settings.status_cache_mb * 1024 * 1024
+        )
         app.state.ledger_verify_lock = threading.Lock()
         app.state.fetcher = SafeFetcher(
             allow_private=settings.allow_private_source_hosts,

@@ -85,12 +85,24 @@ def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     if route is None:
         return "unmatched"
+    # Routes are fixed once the app is built: find each one's template once, not per request.
+    known = _TEMPLATES.get(id(route))
+    if known is not None and known[0] is route:
+        return known[1]
+    template = str(getattr(route, "path", None) or "unmatched")
     iter_route_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
     if iter_route_contexts is not None and "app" in scope:
         for context in iter_route_contexts(scope["app"].routes):
             if context.original_route is route and context.path_format:
-                return str(context.path_format)
-    return str(getattr(route, "path", None) or "unmatched")
+                template = str(context.path_format)
+                break
+    # Keyed by identity (routes compare by value and are not hashable); the route is kept
+    # with its template so that an id is never reused for another route.
+    _TEMPLATES[id(route)] = (route, template)
+    return template
+
+
+_TEMPLATES: dict[int, tuple[object, str]] = {}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

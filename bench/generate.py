@@ -894,11 +894,16 @@ def _bind(name: str, type_: Any = None) -> Any:
 
 
 def fingerprint() -> str:
-    """Changes whenever this generator or the schema does: the cache key of generated files."""
-    from app.migrate import head_revision
+    """Changes whenever this generator or the schema does: the cache key of generated files.
 
+    The schema is every migration's text, not only the head's name: a migration edited
+    before it is released changes the tables too.
+    """
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(head_revision().encode())
+    versions = Path(__file__).resolve().parent.parent / "migrations" / "versions"
+    for migration in sorted(versions.glob("*.py")):
+        digest.update(migration.name.encode())
+        digest.update(migration.read_bytes())
     return digest.hexdigest()[:12]
 
 

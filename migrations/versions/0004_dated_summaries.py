@@ -36,6 +36,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("pledge_id", "month", name=op.f("pk_evidence_month")),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "grade_dates",
@@ -51,6 +52,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("pledge_id", "agreeing", name=op.f("pk_grade_dates")),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("source_tally", schema=None) as batch_op:
         batch_op.add_column(sa.Column("first_at", sa.DateTime(timezone=True), nullable=True))

@@ -114,6 +114,8 @@ class EvidenceMonth(Base):
     """
 
     __tablename__ = "evidence_month"
+    # On SQLite the rows are stored in key order: a seek finds the row itself, not a rowid.
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     pledge_id: Mapped[str] = mapped_column(
         ForeignKey("pledge.id", ondelete="CASCADE"), primary_key=True
@@ -136,6 +138,7 @@ class GradeDates(Base):
     """
 
     __tablename__ = "grade_dates"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     pledge_id: Mapped[str] = mapped_column(
         ForeignKey("pledge.id", ondelete="CASCADE"), primary_key=True

@@ -450,18 +450,17 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
             StatusChange.to_status,
             StatusChange.effective_at,
             func.coalesce(reached, "unverified").label("verification"),
-            month_before(EvidenceMonth.through).label("links_before"),
-            month_before(EvidenceMonth.latest_at).label("latest_before"),
-            select(func.count())
-            .where(this_month)
-            .correlate(Pledge)
-            .scalar_subquery()
-            .label("links_this_month"),
-            select(func.max(EvidenceLink.published_at))
-            .where(this_month)
-            .correlate(Pledge)
-            .scalar_subquery()
-            .label("latest_this_month"),
+            (
+                func.coalesce(month_before(EvidenceMonth.through), 0)
+                + select(func.count()).where(this_month).correlate(Pledge).scalar_subquery()
+            ).label("evidence_count"),
+            func.coalesce(
+                select(func.max(EvidenceLink.published_at))
+                .where(this_month)
+                .correlate(Pledge)
+                .scalar_subquery(),
+                month_before(EvidenceMonth.latest_at),
+            ).label("last_evidence_at"),
         ).join(StatusChange, StatusChange.id == in_force),
         # The status filter is on the status as of then, below, not on today's.
         status=None,
@@ -470,31 +469,42 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
         party=query.party,
         q=query.q,
     ).order_by(Pledge.id)
-    rows = session.execute(statement).all()
-    if query.status is not None:
-        rows = [row for row in rows if row.to_status == query.status]
     today = as_of.date()
     result = []
-    for row in rows:
-        last_evidence_at = row.latest_this_month or row.latest_before
+    # Positional unpacking: this loop runs for every pledge of every as_of request.
+    for (
+        pledge_id,
+        title,
+        kind,
+        due_on,
+        made_on,
+        review_every_days,
+        status,
+        since,
+        verification,
+        evidence_count,
+        last_evidence_at,
+    ) in session.execute(statement):
+        if query.status is not None and status != query.status:
+            continue
         result.append(
             StatusRow(
-                id=row.id,
-                title=row.title,
-                kind=row.kind,
-                status=row.to_status,
-                status_since=row.effective_at,
-                verification=row.verification,
-                evidence_count=(row.links_before or 0) + row.links_this_month,
+                id=pledge_id,
+                title=title,
+                kind=kind,
+                status=status,
+                status_since=since,
+                verification=verification,
+                evidence_count=evidence_count,
                 last_evidence_at=last_evidence_at,
                 overdue=is_overdue(
-                    status=row.to_status,
+                    status=status,
                     last_evidence_at=last_evidence_at,
-                    made_on=row.made_on,
-                    review_every_days=row.review_every_days,
+                    made_on=made_on,
+                    review_every_days=review_every_days,
                     today=today,
                 ),
-                due_on=row.due_on,
+                due_on=due_on,
             )
         )
     return result

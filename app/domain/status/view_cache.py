@@ -81,13 +81,29 @@ class _Entry:
         self.gzipped: bytes | None = None
 
 
-class StatusViewCache:
-    """A small thread-safe LRU of rendered bodies (and their gzip coding) by ETag."""
+def _size(entry: _Entry) -> int:
+    return len(entry.body) + (len(entry.gzipped) if entry.gzipped is not None else 0)
 
-    def __init__(self, capacity: int) -> None:
+
+class StatusViewCache:
+    """A small thread-safe LRU of rendered bodies (and their gzip coding) by ETag.
+
+    Bounded by entries and by bytes (bodies and their codings together): each past
+    ``as_of`` a client asks for is a body of its own, and a run of distinct dates
+    must not grow the process by hundreds of bodies. The newest entry is always kept.
+    """
+
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        """The bytes held now: every cached body and gzip coding."""
+        return self._bytes
 
     def get(self, etag: str) -> bytes | None:
         with self._lock:
@@ -99,10 +115,20 @@ class StatusViewCache:
 
     def put(self, etag: str, body: bytes) -> None:
         with self._lock:
+            replaced = self._entries.pop(etag, None)
+            if replaced is not None:
+                self._bytes -= _size(replaced)
             self._entries[etag] = _Entry(body)
-            self._entries.move_to_end(etag)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+            self._bytes += len(body)
+            self._evict()
+
+    def _evict(self) -> None:
+        while len(self._entries) > 1 and (
+            len(self._entries) > self._capacity
+            or (self._max_bytes is not None and self._bytes > self._max_bytes)
+        ):
+            _etag, oldest = self._entries.popitem(last=False)
+            self._bytes -= _size(oldest)
 
     def gzipped(self, etag: str, body: bytes) -> bytes:
         """``body`` (the one cached under ``etag``) gzip-compressed, compressed only once.
@@ -120,6 +146,9 @@ class StatusViewCache:
             if entry is not None and entry.body is body:
                 if entry.gzipped is None:
                     entry.gzipped = compressed
+                    self._bytes += len(compressed)
+                    self._entries.move_to_end(etag)
+                    self._evict()
                 return entry.gzipped
         return compressed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from typing import Any
 
 import pytest
@@ -129,6 +130,33 @@ def test_the_cache_keeps_one_compressed_copy_per_version() -> None:
     cache.put('"r3"', b"three")
     assert cache.get('"r1"') is None
     assert cache.gzipped('"r1"', body) is not once
+
+
+def test_the_cache_holds_at_most_its_bytes_oldest_out_first() -> None:
+    cache = StatusViewCache(capacity=100, max_bytes=1000)
+    for version in range(5):
+        # Random bytes: their gzip coding is no smaller than they are.
+        cache.put(f'"r{version}"', os.urandom(300))
+    # 300 bytes each: three fit.
+    assert [cache.get(f'"r{v}"') is not None for v in range(5)] == [False, False, True, True, True]
+    assert cache.size_bytes == 900
+
+    # A gzip coding counts too, and makes room by evicting the least recently used.
+    cache.get('"r2"')
+    body = cache.get('"r4"')
+    assert body is not None
+    coded = cache.gzipped('"r4"', body)
+    assert len(coded) > 300
+    assert cache.size_bytes == 600 + len(coded)
+    assert cache.get('"r3"') is None
+    assert cache.get('"r2"') is not None
+
+    # A body larger than the whole budget is still kept, alone: the newest always is.
+    cache.put('"big"', bytes(5000))
+    assert cache.get('"big"') is not None
+    assert cache.size_bytes == 5000
+    cache.put('"big"', bytes(10))
+    assert cache.size_bytes == 10
 
 
 @pytest.mark.parametrize(
