@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     status_cache_entries: int = Field(default=256, gt=0)
     # Their bytes, bodies and gzip codings together (a 1,000-pledge body is about 330 KB).
     status_cache_mb: int = Field(default=32, gt=0)
+    # /status bodies built at once per process (those not cached: as_of, filters, new
+    # revisions). Past the cores, concurrent builds only slow each other down.
+    status_builds: int = Field(default=2, gt=0)
     # Clients' clocks drift; a timestamp this far ahead of ours is still "now".
     future_tolerance_seconds: int = Field(default=300, ge=0)
     log_level: str = "INFO"

@@ -101,6 +101,7 @@ def create_app(
         app.state.status_cache = StatusViewCache(
             settings.status_cache_entries, max_bytes=settings.status_cache_mb * 1024 * 1024
         )
+        app.state.status_builds = threading.BoundedSemaphore(settings.status_builds)
         app.state.ledger_verify_lock = threading.Lock()
         app.state.fetcher = SafeFetcher(
             allow_private=settings.allow_private_source_hosts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +168,18 @@ def test_ledger_verify_passes_on_a_seeded_database_and_names_a_row_edited_with_s
     output = " ".join(tampered.output.split())
     assert f"first bad: entry {seq}, evidence:3" in output
     assert "differs from what entry" in output
+
+
+def test_serve_caps_malloc_arenas_unless_the_operator_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.cli import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    limit_malloc_arenas(2)
+    # Worker processes inherit it; this process applied it with mallopt.
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    limit_malloc_arenas(2)
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.clock import Clock
@@ -176,7 +178,26 @@ def status_view(
         as_of=parse_instant(as_of, "as_of", clock, tolerance),
         known_at=parse_instant(known_at, "known_at", clock, tolerance),
     )
-    now = clock.now()
+    # A view of the past is built for nearly every request (each date is its own body),
+    # and building is CPU work under the GIL: more at once than there are cores only take
+    # turns, each holding a database connection (and its page cache) while it waits. So
+    # such requests queue for a build slot before they touch the database.
+    past = query.as_of is not None or query.known_at is not None
+    builds: threading.BoundedSemaphore = request.app.state.status_builds
+    with builds if past else contextlib.nullcontext():
+        build_slot = contextlib.nullcontext() if past else builds
+        return _answer(request, session, query, clock.now(), if_none_match, build_slot)
+
+
+def _answer(
+    request: Request,
+    session: Session,
+    query: StatusQuery,
+    now: datetime,
+    if_none_match: str | None,
+    build_slot: contextlib.AbstractContextManager[Any],
+) -> Response:
+    """The answer to ``query``: 304, the cached body, or a body built within ``build_slot``."""
     watch: RevisionWatch | None = getattr(request.app.state, "revision_watch", None)
     generation = watch.generation if watch is not None else 0
     state = current_revision_and_head(session)
@@ -203,8 +224,9 @@ def status_view(
     body = cache.get(etag)
     if body is None:
         STATUS_CACHE.labels("built").inc()
-        view = service.dashboard(session, query, now=now, state=state)
-        body = view.model_dump_json().encode()
+        with build_slot:
+            view = service.dashboard(session, query, now=now, state=state)
+            body = view.model_dump_json().encode()
         cache.put(etag, body)
     else:
         STATUS_CACHE.labels("cached").inc()

@@ -3,7 +3,11 @@ the same answers as the full path, never stale for writes made in this process."
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +17,7 @@ from sqlalchemy import update
 from app.clock import FrozenClock
 from app.config import Settings
 from app.db import Database
+from app.domain.status import service as status_service
 from app.domain.status.models import Revision
 from app.domain.status.revision import claim_revision
 from app.domain.status.view_cache import RevisionWatch
@@ -162,3 +167,56 @@ def test_private_reads_are_never_answered_without_a_key(
     )
 
     assert anonymous.status_code == 401
+
+
+# --- past views: built a few at a time ---------------------------------------------------
+
+
+@pytest.fixture
+def one_build_client(db_url: str, clock: FrozenClock, database: Database) -> Iterator[TestClient]:
+    settings = Settings(
+        database_url=db_url,
+        log_json=False,
+        log_level="WARNING",
+        scheduler_enabled=False,
+        status_builds=1,
+    )
+    app = create_app(settings, clock=clock, database=database)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_past_views_are_built_no_more_than_the_build_slots_at_once(
+    one_build_client: TestClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_pledge(one_build_client, keys)
+    building = 0
+    most = 0
+    lock = threading.Lock()
+    real_dashboard = status_service.dashboard
+
+    def slow_dashboard(*args: Any, **kwargs: Any) -> Any:
+        nonlocal building, most
+        with lock:
+            building += 1
+            most = max(most, building)
+        try:
+            time.sleep(0.05)
+            return real_dashboard(*args, **kwargs)
+        finally:
+            with lock:
+                building -= 1
+
+    monkeypatch.setattr(status_service, "dashboard", slow_dashboard)
+
+    def ask(day: int) -> int:
+        response = one_build_client.get(
+            f"{API}/status", params={"as_of": f"2024-05-{day:02d}T10:00:00Z"}
+        )
+        return int(response.status_code)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(ask, range(1, 7)))
+
+    assert codes == [200] * 6
+    assert most == 1
