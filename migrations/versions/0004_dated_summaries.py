@@ -57,6 +57,12 @@ def upgrade() -> None:
     with op.batch_alter_table("source_tally", schema=None) as batch_op:
         batch_op.add_column(sa.Column("first_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("first_met_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("evidence_link", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_evidence_link_review_published",
+            ["review", "published_at", "pledge_id"],
+            unique=False,
+        )
     _summarise_existing_links()
 
 
@@ -70,6 +76,8 @@ def _summarise_existing_links() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("evidence_link", schema=None) as batch_op:
+        batch_op.drop_index("ix_evidence_link_review_published")
     with op.batch_alter_table("source_tally", schema=None) as batch_op:
         batch_op.drop_column("first_met_at")
         batch_op.drop_column("first_at")

@@ -62,6 +62,8 @@ class EvidenceLink(Base):
         # The pledge's evidence, newest first, and the dated counts behind as_of.
         Index("ix_evidence_link_pledge_published", "pledge_id", "review", "published_at"),
         Index("ix_evidence_link_review_queue", "review", "created_at", "id"),
+        # as_of: the accepted links of one month, every pledge's, in one range.
+        Index("ix_evidence_link_review_published", "review", "published_at", "pledge_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

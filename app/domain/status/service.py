@@ -410,11 +410,21 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
             .scalar_subquery()
         )
 
-    this_month = and_(
-        EvidenceLink.pledge_id == Pledge.id,
-        EvidenceLink.review == "accepted",
-        EvidenceLink.published_at >= month_start(month),
-        EvidenceLink.published_at <= as_of,
+    # The links of as_of's own month, up to as_of, for every pledge at once: one range of
+    # the (review, published_at) index, about a month's links, instead of a seek per pledge.
+    this_month = (
+        select(
+            EvidenceLink.pledge_id,
+            func.count().label("links"),
+            func.max(EvidenceLink.published_at).label("latest"),
+        )
+        .where(
+            EvidenceLink.review == "accepted",
+            EvidenceLink.published_at >= month_start(month),
+            EvidenceLink.published_at <= as_of,
+        )
+        .group_by(EvidenceLink.pledge_id)
+        .subquery("this_month")
     )
     # The grade is worked out in the database: reading the three dates of every pledge
     # would cost more in converting them than the whole query does.
@@ -455,16 +465,14 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
             func.coalesce(reached, "unverified").label("verification"),
             (
                 func.coalesce(month_before(EvidenceMonth.through), 0)
-                + select(func.count()).where(this_month).correlate(Pledge).scalar_subquery()
+                + func.coalesce(this_month.c.links, 0)
             ).label("evidence_count"),
-            func.coalesce(
-                select(func.max(EvidenceLink.published_at))
-                .where(this_month)
-                .correlate(Pledge)
-                .scalar_subquery(),
-                month_before(EvidenceMonth.latest_at),
-            ).label("last_evidence_at"),
-        ).join(StatusChange, StatusChange.id == in_force),
+            func.coalesce(this_month.c.latest, month_before(EvidenceMonth.latest_at)).label(
+                "last_evidence_at"
+            ),
+        )
+        .join(StatusChange, StatusChange.id == in_force)
+        .outerjoin(this_month, this_month.c.pledge_id == Pledge.id),
         # The status filter is on the status as of then, below, not on today's.
         status=None,
         kind=query.kind,
