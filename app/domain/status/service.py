@@ -7,13 +7,27 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, case, func, insert, or_, select, update
+from pydantic import TypeAdapter
+from sqlalchemy import (
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from app.db import utc_from_sqlite_text
+from app.db import UTCDateTime, utc_from_sqlite_text
 from app.domain.evidence.models import Evidence, EvidenceLink, EvidenceMonth, GradeDates
 from app.domain.evidence.service import evidence_in_pledge, refresh_verification
 from app.domain.evidence.timeline import month_of, month_start
@@ -391,6 +405,64 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
     month) and the grade reached by then (``GradeDates``).
     """
     month = month_of(as_of)
+    statement = _as_of_statement(query.kind, query.topic, query.party, query.q)
+    params = {"as_of": as_of, "month": month, "month_start": month_start(month)}
+    today = as_of.date()
+    rows = []
+    for (
+        pledge_id,
+        title,
+        kind,
+        due_on,
+        made_on,
+        review_every_days,
+        status,
+        since,
+        verification,
+        evidence_count,
+        last_evidence_at,
+    ) in _fetch_rows(session, statement, params):
+        if query.status is not None and status != query.status:
+            continue
+        rows.append(
+            {
+                "id": pledge_id,
+                "title": title,
+                "kind": kind,
+                "status": status,
+                "status_since": since,
+                "verification": verification,
+                "evidence_count": evidence_count,
+                "last_evidence_at": last_evidence_at,
+                "overdue": is_overdue(
+                    status=status,
+                    last_evidence_at=last_evidence_at,
+                    made_on=made_on,
+                    review_every_days=review_every_days,
+                    today=today,
+                ),
+                "due_on": due_on,
+            }
+        )
+    # One validation of the whole list: a thousand separate ones cost twice as much.
+    return _STATUS_ROWS.validate_python(rows)
+
+
+_STATUS_ROWS = TypeAdapter(list[StatusRow])
+
+
+@lru_cache(maxsize=64)
+def _as_of_statement(
+    kind: str | None, topic: str | None, party: str | None, q: str | None
+) -> Select[Any]:
+    """The as_of query for these filters, with the moment left as parameters.
+
+    Built once per filter set: making the statement anew for every request cost
+    about as much Python as reading its thousand rows.
+    """
+    as_of = bindparam("as_of", type_=UTCDateTime())
+    month = bindparam("month", type_=Integer())
+    first_instant = bindparam("month_start", type_=UTCDateTime())
     in_force = (
         select(StatusChange.id)
         .where(StatusChange.pledge_id == Pledge.id, StatusChange.effective_at <= as_of)
@@ -420,7 +492,7 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
         )
         .where(
             EvidenceLink.review == "accepted",
-            EvidenceLink.published_at >= month_start(month),
+            EvidenceLink.published_at >= first_instant,
             EvidenceLink.published_at <= as_of,
         )
         .group_by(EvidenceLink.pledge_id)
@@ -452,7 +524,7 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
         .correlate(Pledge, StatusChange)
         .scalar_subquery()
     )
-    statement = filter_pledges(
+    return filter_pledges(
         select(
             Pledge.id,
             Pledge.title,
@@ -473,55 +545,18 @@ def _rows_as_of(session: Session, query: StatusQuery, *, as_of: datetime) -> lis
         )
         .join(StatusChange, StatusChange.id == in_force)
         .outerjoin(this_month, this_month.c.pledge_id == Pledge.id),
-        # The status filter is on the status as of then, below, not on today's.
+        # The status filter is on the status as of then, by the caller, not on today's.
         status=None,
-        kind=query.kind,
-        topic=query.topic,
-        party=query.party,
-        q=query.q,
+        kind=kind,
+        topic=topic,
+        party=party,
+        q=q,
     ).order_by(Pledge.id)
-    today = as_of.date()
-    result = []
-    # Positional unpacking: this loop runs for every pledge of every as_of request.
-    for (
-        pledge_id,
-        title,
-        kind,
-        due_on,
-        made_on,
-        review_every_days,
-        status,
-        since,
-        verification,
-        evidence_count,
-        last_evidence_at,
-    ) in _fetch_rows(session, statement):
-        if query.status is not None and status != query.status:
-            continue
-        result.append(
-            StatusRow(
-                id=pledge_id,
-                title=title,
-                kind=kind,
-                status=status,
-                status_since=since,
-                verification=verification,
-                evidence_count=evidence_count,
-                last_evidence_at=last_evidence_at,
-                overdue=is_overdue(
-                    status=status,
-                    last_evidence_at=last_evidence_at,
-                    made_on=made_on,
-                    review_every_days=review_every_days,
-                    today=today,
-                ),
-                due_on=due_on,
-            )
-        )
-    return result
 
 
-def _fetch_rows(session: Session, statement: Select[Any]) -> Iterable[Sequence[Any]]:
+def _fetch_rows(
+    session: Session, statement: Select[Any], params: dict[str, Any]
+) -> Iterable[Sequence[Any]]:
     """The rows of the as_of statement, as plain values in its column order.
 
     On SQLite they come back as one JSON value. Row by row, each of the thousand steps
@@ -530,9 +565,8 @@ def _fetch_rows(session: Session, statement: Select[Any]) -> Iterable[Sequence[A
     runs start to end outside the GIL, beside another request's Python.
     """
     if session.get_bind().dialect.name != "sqlite":
-        return session.execute(statement)
-    columns = statement.subquery()
-    packed = session.scalar(select(func.json_group_array(func.json_array(*columns.c))))
+        return session.execute(statement, params)
+    packed = session.scalar(_packed(statement), params)
     rows = []
     for (
         pledge_id,
@@ -565,6 +599,12 @@ def _fetch_rows(session: Session, statement: Select[Any]) -> Iterable[Sequence[A
     # An aggregate keeps no promise about the order of what it gathers.
     rows.sort(key=itemgetter(0))
     return rows
+
+
+@lru_cache(maxsize=64)
+def _packed(statement: Select[Any]) -> Select[Any]:
+    columns = statement.subquery()
+    return select(func.json_group_array(func.json_array(*columns.c)))
 
 
 def _instant(text: str) -> datetime:
