@@ -13,7 +13,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from app.domain.evidence.models import Evidence, EvidenceLink, EvidenceMonth, SourceTally
@@ -151,12 +162,14 @@ def rebuild_months(session: Session, pledge_ids: Sequence[str] | None) -> None:
         session.execute(insert(table), batch)
 
 
-def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
-    """Recompute the source tallies of ``pledge_ids`` (``None``: every pledge) from their links."""
-    table: Table = SourceTally.__table__  # type: ignore[assignment]
-    _delete_rows(session, table, pledge_ids)
+def link_tallies(*conditions: ColumnElement[bool]) -> Select[*tuple[Any, ...]]:
+    """Accepted links (under ``conditions``) grouped as ``source_tally`` rows.
+
+    Columns: the tally's key (pledge, stance, source type, reliability, name), its
+    links, how many meet a target, the earliest link and the earliest meeting one.
+    """
     met = Evidence.target_met.is_(True)
-    query = (
+    return (
         select(
             EvidenceLink.pledge_id,
             EvidenceLink.stance,
@@ -169,7 +182,7 @@ def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
             func.min(case((met, EvidenceLink.published_at), else_=None)),
         )
         .join(Evidence, Evidence.id == EvidenceLink.evidence_id)
-        .where(EvidenceLink.review == "accepted")
+        .where(EvidenceLink.review == "accepted", *conditions)
         .group_by(
             EvidenceLink.pledge_id,
             EvidenceLink.stance,
@@ -178,6 +191,13 @@ def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
             Evidence.source_name,
         )
     )
+
+
+def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
+    """Recompute the source tallies of ``pledge_ids`` (``None``: every pledge) from their links."""
+    table: Table = SourceTally.__table__  # type: ignore[assignment]
+    _delete_rows(session, table, pledge_ids)
+    query = link_tallies()
     ids = None if pledge_ids is None else sorted(set(pledge_ids))
     chunks = [None] if ids is None else [ids[s : s + _CHUNK] for s in range(0, len(ids), _CHUNK)]
     columns = ("pledge_id", "stance", "source_type", "reliability", "source_name")

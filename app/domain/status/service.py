@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import (
+    Date,
     Integer,
     Select,
     Table,
@@ -28,9 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.db import UTCDateTime, utc_from_sqlite_text
-from app.domain.evidence.models import Evidence, EvidenceLink, EvidenceMonth, GradeDates
+from app.domain.evidence.models import EvidenceLink, EvidenceMonth, GradeDates
 from app.domain.evidence.service import evidence_in_pledge, refresh_verification
-from app.domain.evidence.timeline import month_of, month_start
+from app.domain.evidence.timeline import link_tallies, month_of, month_start
 from app.domain.evidence.verification import SourceCount, agreeing_key, grade
 from app.domain.keys.service import Principal
 from app.domain.ledger.schemas import LedgerHead
@@ -567,38 +568,28 @@ def _fetch_rows(
     if session.get_bind().dialect.name != "sqlite":
         return session.execute(statement, params)
     packed = session.scalar(_packed(statement), params)
-    rows = []
-    for (
-        pledge_id,
-        title,
-        kind,
-        due_on,
-        made_on,
-        review_every_days,
-        status,
-        since,
-        verification,
-        evidence_count,
-        last_evidence_at,
-    ) in json.loads(packed or "[]"):
-        rows.append(
-            (
-                pledge_id,
-                title,
-                kind,
-                date.fromisoformat(due_on) if due_on is not None else None,
-                date.fromisoformat(made_on),
-                review_every_days,
-                status,
-                _instant(since),
-                verification,
-                evidence_count,
-                _instant(last_evidence_at) if last_evidence_at is not None else None,
-            )
-        )
+    rows: list[list[Any]] = json.loads(packed or "[]")
+    # JSON gives dates and instants as SQLite stores them: text, read back here.
+    readers = _readers(statement)
+    for row in rows:
+        for index, read in readers:
+            if row[index] is not None:
+                row[index] = read(row[index])
     # An aggregate keeps no promise about the order of what it gathers.
     rows.sort(key=itemgetter(0))
     return rows
+
+
+@lru_cache(maxsize=64)
+def _readers(statement: Select[Any]) -> tuple[tuple[int, Callable[[str], Any]], ...]:
+    """Which columns of ``statement`` hold dates and instants, and how to read them."""
+    readers: list[tuple[int, Callable[[str], Any]]] = []
+    for index, column in enumerate(statement.selected_columns):
+        if isinstance(column.type, UTCDateTime):
+            readers.append((index, _instant))
+        elif isinstance(column.type, Date):
+            readers.append((index, date.fromisoformat))
+    return tuple(readers)
 
 
 @lru_cache(maxsize=64)
@@ -704,41 +695,22 @@ def _sources_as_of(
     sources: dict[str, list[SourceCount]] = defaultdict(list)
     if not pledge_ids:
         return sources
-    statement = (
-        select(
-            EvidenceLink.pledge_id,
-            EvidenceLink.stance,
-            Evidence.source_type,
-            Evidence.reliability,
-            Evidence.source_name,
-            func.count().label("links"),
-            func.sum(case((Evidence.target_met.is_(True), 1), else_=0)).label("targets_met"),
-        )
-        .join(Evidence, Evidence.id == EvidenceLink.evidence_id)
-        .where(
-            EvidenceLink.review == "accepted",
-            EvidenceLink.published_at <= as_of,
-            EvidenceLink.created_at <= known_at,
-        )
-        .group_by(
-            EvidenceLink.pledge_id,
-            EvidenceLink.stance,
-            Evidence.source_type,
-            Evidence.reliability,
-            Evidence.source_name,
-        )
+    statement = link_tallies(
+        EvidenceLink.published_at <= as_of, EvidenceLink.created_at <= known_at
     )
     wanted = set(pledge_ids)
-    for row in session.execute(statement):
-        if row.pledge_id in wanted:
-            sources[row.pledge_id].append(
-                SourceCount(
-                    row.stance,
-                    row.source_type,
-                    row.reliability,
-                    row.source_name,
-                    row.links,
-                    int(row.targets_met or 0),
-                )
+    for (
+        pledge_id,
+        stance,
+        source_type,
+        reliability,
+        name,
+        links,
+        met,
+        *_earliest,
+    ) in session.execute(statement):
+        if pledge_id in wanted:
+            sources[pledge_id].append(
+                SourceCount(stance, source_type, reliability, name, links, int(met or 0))
             )
     return sources
