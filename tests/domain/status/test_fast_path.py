@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -143,16 +144,25 @@ def test_queries_take_the_full_path(client: TestClient, keys: Keys) -> None:
     assert filtered.json()["pledges"] == []
 
 
-@pytest.fixture
-def private_client(db_url: str, clock: FrozenClock, database: Database) -> Iterator[TestClient]:
+@contextmanager
+def client_with(
+    db_url: str, clock: FrozenClock, database: Database, **overrides: Any
+) -> Iterator[TestClient]:
+    """A test client of an app whose settings differ from the suite's by ``overrides``."""
     settings = Settings(
         database_url=db_url,
         log_json=False,
         log_level="WARNING",
         scheduler_enabled=False,
-        public_read=False,
+        **overrides,
     )
     with TestClient(create_app(settings, clock=clock, database=database)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def private_client(db_url: str, clock: FrozenClock, database: Database) -> Iterator[TestClient]:
+    with client_with(db_url, clock, database, public_read=False) as test_client:
         yield test_client
 
 
@@ -174,15 +184,7 @@ def test_private_reads_are_never_answered_without_a_key(
 
 @pytest.fixture
 def one_build_client(db_url: str, clock: FrozenClock, database: Database) -> Iterator[TestClient]:
-    settings = Settings(
-        database_url=db_url,
-        log_json=False,
-        log_level="WARNING",
-        scheduler_enabled=False,
-        status_builds=1,
-    )
-    app = create_app(settings, clock=clock, database=database)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with client_with(db_url, clock, database, status_builds=1) as test_client:
         yield test_client
 
 
