@@ -24,7 +24,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from app.db import UTCDateTime
 from app.domain.evidence.identity import content_hash, url_key
 from app.domain.evidence.models import Evidence, EvidenceLink
 from app.domain.evidence.service import rebuild_summaries
-from app.domain.evidence.verification import SourceCount, grade
 from app.domain.ledger.canonical import GENESIS, entry_hash, payload_hash
 from app.domain.ledger.models import LedgerEntry
 from app.domain.ledger.subjects import EVIDENCE, LINK, PLEDGE, STATUS_CHANGE, Payload
@@ -109,7 +108,6 @@ class _PledgeState:
     last_evidence_at: datetime | None = None
     status: str = "not_yet_rated"
     status_since: datetime = SERVICE_START
-    tallies: dict[tuple[str, str, str, str], list[int]] = field(default_factory=dict)
 
 
 def _table(model: Any) -> Table:
@@ -572,7 +570,6 @@ class Generator:
                 "target_met": None if observed is None else observed >= 50,
             }
             items.append(item)
-            met = 1 if item["target_met"] else 0
             wanted = min(1 + rng.randrange(3), len(pledge_ids))
             chosen: list[str] = []
             while len(chosen) < wanted:
@@ -620,11 +617,6 @@ class Generator:
                     state.accepted += 1
                     if state.last_evidence_at is None or state.last_evidence_at < published_at:
                         state.last_evidence_at = published_at
-                    tally = state.tallies.setdefault(
-                        (stance, source_type, reliability, name), [0, 0]
-                    )
-                    tally[0] += 1
-                    tally[1] += met
                 elif row["review"] == "unreviewed":
                     state.unreviewed += 1
         return items, links, reviews
@@ -632,26 +624,23 @@ class Generator:
     # --- derived state ---------------------------------------------------------------------
 
     def derived(self, version: int) -> list[dict[str, Any]]:
-        """Each pledge's derived columns, from what was generated."""
-        updates: list[dict[str, Any]] = []
-        for pledge_id, state in self.state.items():
-            sources = [
-                SourceCount(stance, source_type, reliability, name, links, met)
-                for (stance, source_type, reliability, name), (links, met) in state.tallies.items()
-            ]
-            updates.append(
-                {
-                    "pid": pledge_id,
-                    "status": state.status,
-                    "status_since": state.status_since,
-                    "verification": grade(state.status, sources),
-                    "evidence_count": state.accepted,
-                    "unreviewed_count": state.unreviewed,
-                    "last_evidence_at": state.last_evidence_at,
-                    "version": version,
-                }
-            )
-        return updates
+        """Each pledge's derived columns, from what was generated.
+
+        Verification is left to the service: ``rebuild_summaries`` grades every pledge
+        from the tallies it makes.
+        """
+        return [
+            {
+                "pid": pledge_id,
+                "status": state.status,
+                "status_since": state.status_since,
+                "evidence_count": state.accepted,
+                "unreviewed_count": state.unreviewed,
+                "last_evidence_at": state.last_evidence_at,
+                "version": version,
+            }
+            for pledge_id, state in self.state.items()
+        ]
 
 
 @dataclass(slots=True)
@@ -758,10 +747,6 @@ def _merge(into: dict[str, _PledgeState], chunk: dict[str, _PledgeState]) -> Non
             state.last_evidence_at is None or state.last_evidence_at < delta.last_evidence_at
         ):
             state.last_evidence_at = delta.last_evidence_at
-        for key, (links, met) in delta.tallies.items():
-            tally = state.tallies.setdefault(key, [0, 0])
-            tally[0] += links
-            tally[1] += met
 
 
 def generate(
@@ -846,7 +831,6 @@ def generate(
                 .values(
                     status=_bind("status"),
                     status_since=_bind("status_since", pledge_table.c.status_since.type),
-                    verification=_bind("verification"),
                     evidence_count=_bind("evidence_count"),
                     unreviewed_count=_bind("unreviewed_count"),
                     last_evidence_at=_bind(

@@ -643,7 +643,8 @@ def postgres_problem(url: str | None) -> str | None:
 
 @contextmanager
 def scratch_postgres(admin_url: str, name: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database ``name`` on the server of ``admin_url``, dropped after."""
+    """A new, empty PostgreSQL database ``name`` on the server of ``admin_url`` (dropped first
+    if left over), dropped after. The test suite makes its scratch databases with it too."""
     base = make_url(admin_url)
     admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:

@@ -24,6 +24,7 @@ from app.db import Database
 from app.domain.keys.service import create_key
 from app.main import create_app
 from app.migrate import upgrade
+from bench.run import scratch_postgres as bench_scratch_postgres
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/pledgewatch_test"
 NOW = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
@@ -50,17 +51,8 @@ def _postgres_problem() -> str | None:
 @contextmanager
 def scratch_postgres(name: str) -> Iterator[str]:
     """A new, empty PostgreSQL database ``name`` (dropped first if left over), dropped after."""
-    base = make_url(_postgres_admin_url())
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield base.set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with bench_scratch_postgres(_postgres_admin_url(), name) as url:
+        yield url
 
 
 def postgres_database_name(purpose: str) -> str:

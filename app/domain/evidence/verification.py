@@ -71,26 +71,15 @@ AGREEING_KEYS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True, slots=True)
 class LevelDates:
-    """When the evidence agreeing with one set of stances first reached each level."""
+    """When the evidence agreeing with one set of stances first reached each level.
+
+    Levels only rise, so the grade as of a moment is the highest level reached by then:
+    ``/status?as_of=`` applies that rule in SQL over the kept ``GradeDates``.
+    """
 
     claimed_at: datetime | None = None
     corroborated_at: datetime | None = None
     verified_at: datetime | None = None
-
-    def level_at(self, moment: datetime) -> str:
-        """The grade as of ``moment``: the highest level reached by then.
-
-        ``/status?as_of=`` applies the same rule in SQL, over the kept ``GradeDates``;
-        a test holds the two to the grade of the links themselves.
-        """
-        for level, reached in (
-            ("verified", self.verified_at),
-            ("corroborated", self.corroborated_at),
-            ("claimed", self.claimed_at),
-        ):
-            if reached is not None and reached <= moment:
-                return level
-        return "unverified"
 
 
 def level_dates(stances: frozenset[str], sources: Iterable[SourceCount]) -> LevelDates:
