@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from app.clock import Clock
 from app.config import Settings
 from app.db import Database
-from app.domain.keys.service import ANONYMOUS, Principal, authenticate
+from app.domain.keys.directory import KeyDirectory
+from app.domain.keys.service import ANONYMOUS, Principal
 from app.errors import Forbidden, Unauthorized
 from app.gates import DatabaseGates
 
@@ -40,25 +41,6 @@ async def admitted(request: Request) -> AsyncIterator[None]:
         yield
 
 
-def get_session(
-    request: Request, _: Annotated[None, Depends(admitted, scope="function")]
-) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns, else rolled back.
-
-    Used with ``scope="function"`` so the commit happens before the response is
-    sent: a client is never told 201 for a write that did not commit.
-    """
-    database: Database = request.app.state.database
-    with database.transaction(write=request.method not in _READ_METHODS) as session:
-        yield session
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
-ClockDep = Annotated[Clock, Depends(get_clock)]
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-
-
 def _bearer_secret(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
@@ -69,11 +51,17 @@ def _bearer_secret(request: Request) -> str | None:
     return secret.strip()
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
+async def get_principal(request: Request) -> Principal:
+    """Who is asking: resolved before the request is admitted to the database.
+
+    Every request that opens a transaction authenticates first (``get_session`` depends
+    on this), so a key lookup never waits for a database slot while the request holds one.
+    """
     secret = _bearer_secret(request)
     if secret is None:
         return ANONYMOUS
-    principal = authenticate(session, secret)
+    directory: KeyDirectory = request.app.state.keys
+    principal = await directory.principal_for(secret)
     if principal is None:
         raise Unauthorized("the API key is unknown or revoked")
     request.state.actor = principal.actor
@@ -81,6 +69,28 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_session(
+    request: Request,
+    _principal: PrincipalDep,
+    _: Annotated[None, Depends(admitted, scope="function")],
+) -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns, else rolled back.
+
+    Used with ``scope="function"`` so the commit happens before the response is
+    sent: a client is never told 201 for a write that did not commit. The request is
+    authenticated before it is admitted, so it holds one database slot at most.
+    """
+    database: Database = request.app.state.database
+    with database.transaction(write=request.method not in _READ_METHODS) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def require_role(role: str) -> Callable[[Principal], Principal]:

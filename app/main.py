@@ -23,6 +23,7 @@ from app.demo.router import router as demo_router
 from app.domain.events.router import router as events_router
 from app.domain.events.stream import EventBroadcaster
 from app.domain.evidence.router import router as evidence_router
+from app.domain.keys.directory import KeyDirectory
 from app.domain.ledger.router import router as ledger_router
 from app.domain.pledges.router import router as pledges_router
 from app.domain.proposals.router import router as proposals_router
@@ -98,6 +99,7 @@ def create_app(
             single_writer=app.state.database.dialect == "sqlite",
         )
         app.state.schema_head = head_revision()
+        app.state.keys = KeyDirectory(database=app.state.database, gates=app.state.gates)
         app.state.status_cache = StatusViewCache(
             settings.status_cache_entries, max_bytes=settings.status_cache_mb * 1024 * 1024
         )
