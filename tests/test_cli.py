@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def _principal(url: str, secret: str) -> Principal | None:
     database = Database(url, pool_size=1)
     try:
         with database.transaction(write=False) as session:
-            return authenticate(session, secret)
+            return authenticate(session, secret, now=datetime.now(UTC))
     finally:
         database.dispose()
 
