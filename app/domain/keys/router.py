@@ -9,6 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Body, Path, Request, Response
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.deps import Admin, ClockDep, SessionDep
 from app.domain.keys import service
@@ -20,7 +21,23 @@ from app.problems import READ_ERRORS, WRITE_ERRORS, problems
 
 router = APIRouter(tags=["keys"])
 
-# ``:path`` because a name may hold any printable character, "/" included (percent-encoded).
+
+class _KeyNameConvertor(Convertor[str]):
+    """A key's name in a URL. Names may hold any printable character, "/" included (sent
+    percent-encoded, but decoded before routing), so a name may span path segments; it may
+    not end in ``/revoke`` or ``/rotate``, so that ``GET`` never claims those actions' URLs."""
+
+    regex = r"(?:(?!/(?:revoke|rotate)$).)+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("key_name", _KeyNameConvertor())
+
 KeyName = Annotated[str, Path(min_length=1, max_length=100, description="The key's name.")]
 _SECRET_ANSWER = {"Cache-Control": "no-store"}
 
@@ -68,7 +85,7 @@ def create_key(
     return KeyIssued(**key_out(issued.key, now=now).model_dump(), secret=issued.secret)
 
 
-@router.get("/keys/{name:path}", response_model=KeyOut, responses=problems(*READ_ERRORS, 404))
+@router.get("/keys/{name:key_name}", response_model=KeyOut, responses=problems(*READ_ERRORS, 404))
 def get_key(name: KeyName, session: SessionDep, clock: ClockDep, _: Admin) -> KeyOut:
     """One key (without its secret)."""
     return key_out(service.get_key(session, name), now=clock.now())
