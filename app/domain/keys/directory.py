@@ -122,11 +122,12 @@ class KeyDirectory:
         await self.flush()
         return True
 
-    async def flush(self) -> None:
+    async def flush(self, *, abandon_on_cancel: bool = False) -> None:
         """Write the noted uses now, in one short write transaction admitted like any other.
 
         Never inside a request's transaction, and holding no slot while it waits for one.
-        If the write fails, the uses are kept for the next attempt.
+        If the write fails, the uses are kept for the next attempt. ``abandon_on_cancel``
+        lets a cancelled caller go while the write finishes (or fails) on its own thread.
         """
         uses, self._uses = self._uses, {}
         self._last_flush = self._monotonic()
@@ -134,7 +135,9 @@ class KeyDirectory:
             return
         try:
             async with self._gates.admit(write=True):
-                await anyio.to_thread.run_sync(self._write_uses, uses)
+                await anyio.to_thread.run_sync(
+                    self._write_uses, uses, abandon_on_cancel=abandon_on_cancel
+                )
         except BaseException:
             for key_id, at in uses.items():
                 if self._uses.get(key_id, at) <= at:
@@ -155,9 +158,10 @@ class KeyDirectory:
             self._flusher.cancel()
             await asyncio.wait([self._flusher])
             self._flusher = None
+        # Shutdown must end within seconds even if the database does not answer.
         with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
             try:
-                await self.flush()
+                await self.flush(abandon_on_cancel=True)
             except Exception:
                 log.warning("could not record the keys' last use at shutdown", exc_info=True)
 
