@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -66,26 +67,160 @@ def seed() -> None:
     )
 
 
+class RoleOption(StrEnum):
+    viewer = "viewer"
+    collector = "collector"
+    analyst = "analyst"
+    admin = "admin"
+
+
+def _lifetime(value: str) -> timedelta:
+    from app.domain.keys.service import parse_lifetime
+
+    try:
+        return parse_lifetime(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+ExpiresIn = Annotated[
+    timedelta | None,
+    typer.Option(
+        parser=_lifetime,
+        metavar="DURATION",
+        help="The key stops working after this long: 30m, 12h, 90d or 8w.",
+    ),
+]
+
+
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[str, typer.Option(help="viewer, collector, analyst or admin")],
+    role: Annotated[RoleOption, typer.Option(help="What the key may do.")],
     name: Annotated[str, typer.Option(help="A unique name; it appears as key:<name> in histories")],
+    expires_in: ExpiresIn = None,
 ) -> None:
     """Create a key and print it, alone on one line, once."""
     from app.db import Database
     from app.domain.keys.service import create_key
     from app.errors import DomainError
 
+    now = SystemClock().now()
     database = Database(get_settings().database_url, pool_size=1)
     try:
         with database.transaction() as session:
-            secret = create_key(session, name=name, role=role, now=SystemClock().now())
+            secret = create_key(
+                session,
+                name=name,
+                role=role.value,
+                now=now,
+                expires_at=now + expires_in if expires_in is not None else None,
+            )
     except DomainError as error:
         err.print(f"[red]{escape(error.detail)}[/red]")
         raise typer.Exit(2) from None
     finally:
         database.dispose()
     typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: name, role, created, rotated, expires, last used, revoked (times in UTC;
+    a running server records last use about once a minute). Never a secret."""
+    from app.db import Database
+    from app.domain.keys.service import list_keys
+
+    database = Database(get_settings().database_url, pool_size=1)
+    try:
+        with database.transaction(write=False) as session:
+            keys, _ = list_keys(session)
+    finally:
+        database.dispose()
+    now = SystemClock().now()
+    rows = [("NAME", "ROLE", "CREATED", "ROTATED", "EXPIRES", "LAST USED", "REVOKED")]
+    for key in keys:
+        expires = _when(key.expires_at)
+        if key.expires_at is not None and key.expires_at <= now:
+            expires += " (expired)"
+        rows.append(
+            (
+                key.name,
+                key.role,
+                _when(key.created_at),
+                _when(key.rotated_at),
+                expires,
+                _when(key.last_used_at),
+                _when(key.revoked_at),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke a key for good. Running servers refuse it within a few seconds."""
+    from app.db import Database
+    from app.domain.keys.service import revoke_key
+    from app.errors import DomainError
+
+    now = SystemClock().now()
+    database = Database(get_settings().database_url, pool_size=1)
+    try:
+        with database.transaction() as session:
+            key = revoke_key(session, name, now=now)
+            revoked_at = key.revoked_at
+    except DomainError as error:
+        err.print(f"[red]{escape(error.detail)}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    finally:
+        database.dispose()
+    if revoked_at is not None and revoked_at < now:
+        err.print(
+            f"key {escape(name)} was already revoked ({_when(revoked_at)} UTC)", soft_wrap=True
+        )
+    else:
+        err.print(f"[green]revoked[/green] key {escape(name)}", soft_wrap=True)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    name: Annotated[str, typer.Argument(help="The key's name.")],
+    expires_in: ExpiresIn = None,
+) -> None:
+    """Give a key a new secret (same name and role) and print it alone on the last line; the
+    old secret stops working (within a few seconds on running servers). Without
+    --expires-in an expiring key keeps its lifetime."""
+    from app.db import Database
+    from app.domain.keys.service import rotate_key
+    from app.errors import DomainError
+
+    now = SystemClock().now()
+    database = Database(get_settings().database_url, pool_size=1)
+    try:
+        with database.transaction() as session:
+            issued = rotate_key(
+                session,
+                name,
+                now=now,
+                expires_at=now + expires_in if expires_in is not None else None,
+            )
+            expires_at = issued.key.expires_at
+    except DomainError as error:
+        err.print(f"[red]{escape(error.detail)}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    finally:
+        database.dispose()
+    until = f", expires {_when(expires_at)} UTC" if expires_at is not None else ""
+    err.print(f"[green]rotated[/green] key {escape(name)}{until}; the new key:", soft_wrap=True)
+    typer.echo(issued.secret)
 
 
 @ledger_app.command("verify")

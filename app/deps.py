@@ -63,7 +63,7 @@ async def get_principal(request: Request) -> Principal:
     directory: KeyDirectory = request.app.state.keys
     principal = await directory.principal_for(secret)
     if principal is None:
-        raise Unauthorized("the API key is unknown or revoked")
+        raise Unauthorized("the API key is unknown, revoked or expired")
     request.state.actor = principal.actor
     return principal
 

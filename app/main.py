@@ -24,6 +24,7 @@ from app.domain.events.router import router as events_router
 from app.domain.events.stream import EventBroadcaster
 from app.domain.evidence.router import router as evidence_router
 from app.domain.keys.directory import KeyDirectory
+from app.domain.keys.router import router as keys_router
 from app.domain.ledger.router import router as ledger_router
 from app.domain.pledges.router import router as pledges_router
 from app.domain.proposals.router import router as proposals_router
@@ -99,7 +100,10 @@ def create_app(
             single_writer=app.state.database.dialect == "sqlite",
         )
         app.state.schema_head = head_revision()
-        app.state.keys = KeyDirectory(database=app.state.database, gates=app.state.gates)
+        app.state.keys = KeyDirectory(
+            database=app.state.database, gates=app.state.gates, clock=app.state.clock
+        )
+        await app.state.keys.start()  # records the keys' last use about once a minute
         app.state.status_cache = StatusViewCache(
             settings.status_cache_entries, max_bytes=settings.status_cache_mb * 1024 * 1024
         )
@@ -137,6 +141,7 @@ def create_app(
         finally:
             await stop_revision_watch(app)
             await app.state.events.stop()
+            await app.state.keys.stop()
             if app.state.scheduler is not None:
                 await asyncio.to_thread(app.state.scheduler.stop)
             app.state.fetcher.close()
@@ -161,6 +166,7 @@ def create_app(
     app.include_router(sources_router, prefix=API_PREFIX)
     app.include_router(proposals_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
+    app.include_router(keys_router, prefix=API_PREFIX)
     app.include_router(transfer_router, prefix=API_PREFIX)
     app.include_router(events_router, prefix=API_PREFIX)
     app.include_router(ledger_router, prefix=API_PREFIX)

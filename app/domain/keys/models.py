@@ -11,7 +11,12 @@ ROLES = ("viewer", "collector", "analyst", "admin")
 
 
 class ApiKey(Base):
-    """A bearer key. Only the SHA-256 of the secret is stored."""
+    """A bearer key. Only the SHA-256 of the secret is stored.
+
+    A rotation replaces the hash in place (the name, role and history stay) and sets
+    ``rotated_at``; a revocation sets ``revoked_at`` and is final. ``last_used_at`` is
+    recorded from memory at most about once a minute (see directory.py), so it lags.
+    """
 
     __tablename__ = "api_key"
     __table_args__ = (
@@ -24,3 +29,6 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
