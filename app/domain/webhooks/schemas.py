@@ -7,6 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from app.domain.events.service import EVENT_KINDS
 from app.domain.evidence.schemas import WebUrl
+from app.domain.webhooks.signing import WHSEC_PREFIX, stored_secret
 from app.types import RequiredText, StorableStr
 
 DeliveryState = Literal["pending", "delivered", "failed"]
@@ -45,9 +46,25 @@ class WebhookCreate(BaseModel):
         | None
     ) = Field(
         default=None,
-        description="The key that signs each delivery (HMAC-SHA256); a strong one is made when "
-        "left out. It is shown in this answer only.",
+        description="The secret that signs each delivery (HMAC-SHA256, keyed with its UTF-8 "
+        "bytes), as text or in `whsec_` form (the base64 of such text); a strong one is made "
+        "when left out. The answer shows it, in `whsec_` form, this once.",
     )
+
+    @field_validator("secret")
+    @classmethod
+    def _stored_form(cls, value: str | None) -> str | None:
+        if value is None or not value.startswith(WHSEC_PREFIX):
+            return value
+        text = stored_secret(value)
+        if not MIN_SECRET_LENGTH <= len(text) <= MAX_SECRET_LENGTH:
+            raise ValueError(
+                f"a whsec_ secret must hold {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} "
+                f"characters of text; this one holds {len(text)}"
+            )
+        if "\x00" in text or not text.strip():
+            raise ValueError("a whsec_ secret must hold text without NUL characters")
+        return text
 
     @field_validator("events")
     @classmethod
@@ -68,13 +85,20 @@ class WebhookOut(BaseModel):
 
 class WebhookCreated(WebhookOut):
     secret: str = Field(
-        description="Signs every delivery: X-Pledgewatch-Signature is sha256=<hex HMAC-SHA256 "
-        "of the raw body with this key>. Shown only in this answer; keep it."
+        description="Signs every delivery, shown only in this answer (keep it): `whsec_` and "
+        "the base64 of the key. `webhook-signature` is `v1,<base64 HMAC-SHA256 of "
+        '"{webhook-id}.{webhook-timestamp}.{body}">` (Standard Webhooks: give this secret to '
+        "their verifier as it is), and X-Pledgewatch-Signature `sha256=<hex HMAC-SHA256 of the "
+        "raw body>`, both keyed with the decoded bytes (for a secret you gave as text, its "
+        "UTF-8)."
     )
 
 
 class DeliveryOut(BaseModel):
-    id: str = Field(description="The delivery id, sent as X-Pledgewatch-Delivery.")
+    id: str = Field(
+        description="The delivery id, sent as X-Pledgewatch-Delivery and webhook-id (the same "
+        "on every attempt)."
+    )
     webhook_id: int
     seq: int = Field(description="The ledger seq of the event (its id in /events).")
     event: str
