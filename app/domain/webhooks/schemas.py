@@ -13,6 +13,9 @@ from app.types import RequiredText, StorableStr
 DeliveryState = Literal["pending", "delivered", "failed"]
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 128
+# The whsec_ form of the longest secret (four UTF-8 bytes a character, in base64): any secret
+# shown can be given back.
+MAX_SECRET_INPUT = len(WHSEC_PREFIX) + 4 * -(-MAX_SECRET_LENGTH * 4 // 3)
 
 
 def _event_kind(value: str) -> str:
@@ -42,28 +45,31 @@ class WebhookCreate(BaseModel):
     )
     description: Annotated[StorableStr, Field(max_length=1000)] | None = None
     secret: (
-        Annotated[RequiredText, Field(min_length=MIN_SECRET_LENGTH, max_length=MAX_SECRET_LENGTH)]
+        Annotated[RequiredText, Field(min_length=MIN_SECRET_LENGTH, max_length=MAX_SECRET_INPUT)]
         | None
     ) = Field(
         default=None,
-        description="The secret that signs each delivery (HMAC-SHA256, keyed with its UTF-8 "
-        "bytes), as text or in `whsec_` form (the base64 of such text); a strong one is made "
-        "when left out. The answer shows it, in `whsec_` form, this once.",
+        description=f"The secret that signs each delivery (HMAC-SHA256, keyed with its UTF-8 "
+        f"bytes): {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters of text, or such text "
+        "in `whsec_` form (base64 of its UTF-8); a strong one is made when left out. The answer "
+        "shows it, in `whsec_` form, this once.",
     )
 
     @field_validator("secret")
     @classmethod
     def _stored_form(cls, value: str | None) -> str | None:
-        if value is None or not value.startswith(WHSEC_PREFIX):
-            return value
-        text = stored_secret(value)
+        if value is None:
+            return None
+        whsec = value.startswith(WHSEC_PREFIX)
+        text = stored_secret(value) if whsec else value
+        held = "hold" if whsec else "be"
         if not MIN_SECRET_LENGTH <= len(text) <= MAX_SECRET_LENGTH:
             raise ValueError(
-                f"a whsec_ secret must hold {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} "
-                f"characters of text; this one holds {len(text)}"
+                f"must {held} {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters of text, "
+                f"not {len(text)}"
             )
         if "\x00" in text or not text.strip():
-            raise ValueError("a whsec_ secret must hold text without NUL characters")
+            raise ValueError(f"must {held} text, without NUL characters")
         return text
 
     @field_validator("events")

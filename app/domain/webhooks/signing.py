@@ -39,8 +39,10 @@ def stored_secret(whsec: str) -> str:
     """The stored form of a ``whsec_`` secret; ValueError unless its key is UTF-8 text
     (as every key this service makes or shows is)."""
     encoded = whsec.removeprefix(WHSEC_PREFIX)
+    # Padding may be left out, as Standard Webhooks libraries allow.
+    padded = encoded + "=" * (-len(encoded) % 4)
     try:
-        return base64.b64decode(encoded, validate=True).decode("utf-8")
+        return base64.b64decode(padded, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError(
             "a whsec_ secret must be the base64 of UTF-8 text here; give the secret itself, "
