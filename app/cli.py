@@ -348,7 +348,7 @@ def export_command(
         else:
             with _progress() as progress:
                 chunks = stream_export(
-                    database, now=now, include_secrets=True, progress=_ProgressBar(progress)
+                    database, now=now, scope="complete", progress=_ProgressBar(progress)
                 )
                 _write(chunks, output)
     finally:

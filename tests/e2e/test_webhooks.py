@@ -63,7 +63,9 @@ def test_the_scheduler_delivers_signed_events_and_retries_a_failure(
             timeout=10,
         )
         assert hook.status_code == 201, hook.text
+        assert hook.headers["cache-control"] == "no-store"
         webhook = hook.json()
+        assert webhook["secret"].startswith("whsec_")
         receiver.secrets["/hook"] = webhook["secret"]
         receiver.failures["/hook"] = [Reply(status=500)]
 
@@ -91,5 +93,13 @@ def test_the_scheduler_delivers_signed_events_and_retries_a_failure(
     seen = receiver.on("/hook")
     assert [item.status for item in seen] == [500, 200]
     assert all(item.signature_ok for item in seen)
+    # The Standard Webhooks verifier, on the real clock, accepts both attempts; the retry
+    # keeps the delivery's webhook-id and is signed for its own timestamp.
+    assert [item.standard_error for item in seen] == [None, None]
     assert {item.delivery_id for item in seen} == {delivery["id"]}
+    assert {item.headers["webhook-id"] for item in seen} == {delivery["id"]}
+    # The retry is due a second (PLEDGEWATCH_WEBHOOK_RETRY_BASE_SECONDS) after the first
+    # attempt ended, so its timestamp is a later second.
+    first, retry = (int(item.headers["webhook-timestamp"]) for item in seen)
+    assert retry > first
     assert seen[1].document["data"]["to_status"] == "in_progress"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, BackgroundTasks, Path, Request, Response
 
 from app.deps import Admin, ClockDep, SessionDep
+from app.domain.keys.service import Principal
 from app.domain.pledges.router import Cursor, Limit
 from app.domain.sources import service
 from app.domain.sources.schemas import RunOut, SourceCreate, SourceOut, SourceUpdate
@@ -19,15 +20,22 @@ router = APIRouter(tags=["sources"])
 SourceId = Annotated[
     str, Path(pattern=SLUG_PATTERN, max_length=100, description="The source's id.")
 ]
+_View = TypeVar("_View", SourceOut, RunOut)
+
+
+def as_seen_by(principal: Principal, views: list[_View]) -> list[_View]:
+    """``views`` as ``principal`` may see them: whole for an admin; for anyone else (should a
+    read here ever be opened to other roles) without the secrets in URLs and run errors."""
+    return views if principal.has_role("admin") else [view.redacted() for view in views]
 
 
 @router.get("/sources", response_model=Page[SourceOut], responses=problems(*READ_ERRORS))
 def list_sources(
-    session: SessionDep, _: Admin, limit: Limit = 50, cursor: Cursor = None
+    session: SessionDep, principal: Admin, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[SourceOut]:
     """Every feed, in id order."""
     items, next_cursor = service.list_sources(session, limit=limit, cursor=cursor)
-    return Page[SourceOut](items=items, next_cursor=next_cursor)
+    return Page[SourceOut](items=as_seen_by(principal, items), next_cursor=next_cursor)
 
 
 @router.post(
@@ -43,9 +51,10 @@ def create_source(
 
 
 @router.get("/sources/{source_id}", response_model=SourceOut, responses=problems(*READ_ERRORS, 404))
-def get_source(source_id: SourceId, session: SessionDep, _: Admin) -> SourceOut:
+def get_source(source_id: SourceId, session: SessionDep, principal: Admin) -> SourceOut:
     """One feed, with when it last succeeded and how many polls in a row have failed."""
-    return service.source_out(service.get_source(session, source_id))
+    (view,) = as_seen_by(principal, [service.source_out(service.get_source(session, source_id))])
+    return view
 
 
 @router.patch(
@@ -98,8 +107,12 @@ def run_source(
     responses=problems(*READ_ERRORS, 404),
 )
 def list_runs(
-    source_id: SourceId, session: SessionDep, _: Admin, limit: Limit = 50, cursor: Cursor = None
+    source_id: SourceId,
+    session: SessionDep,
+    principal: Admin,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[RunOut]:
-    """The recorded polls, newest first."""
+    """The recorded polls, newest first (a failed run's ``error`` says why, in words)."""
     items, next_cursor = service.list_runs(session, source_id, limit=limit, cursor=cursor)
-    return Page[RunOut](items=items, next_cursor=next_cursor)
+    return Page[RunOut](items=as_seen_by(principal, items), next_cursor=next_cursor)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from app.domain.evidence.schemas import Reliability, SourceType, Stance, WebUrl
+from app.redact import redact_text, redact_url
 from app.types import RequiredText, Slug, StorableStr, StrictCount
 
 SourceKind = Literal["rss", "json", "csv"]
@@ -117,6 +118,10 @@ class SourceOut(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    def redacted(self) -> SourceOut:
+        """This source as anyone but an admin may see it: its URL without secrets."""
+        return self.model_copy(update={"url": redact_url(self.url)})
+
 
 class RunOut(BaseModel):
     id: int
@@ -129,3 +134,8 @@ class RunOut(BaseModel):
     evidence_added: int
     links_added: int
     error: StorableStr | None
+
+    def redacted(self) -> RunOut:
+        """This run as anyone but an admin may see it: the URLs in its error without secrets."""
+        error = redact_text(self.error) if self.error is not None else None
+        return self.model_copy(update={"error": error})

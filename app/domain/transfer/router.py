@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import ClockDep, DatabaseDep, Reader, SessionDep
 from app.domain.transfer import service
-from app.domain.transfer.schemas import ExportDocument, ExportFormat
+from app.domain.transfer.schemas import ExportDocument, ExportFormat, ExportScope
 from app.gates import DatabaseGates
 from app.problems import READ_ERRORS, problems
+from app.redact import NO_STORE_HEADERS
 
 router = APIRouter(tags=["export"])
 
@@ -73,12 +74,15 @@ def export(
         ),
     ] = "json",
 ) -> Response:
-    """Everything needed to rebuild this Pledgewatch (`format=json`, streamed from one consistent
-    snapshot; webhook secrets only for admins), or one row per pledge as in `/status`
-    (`format=csv`; cells a spreadsheet would run as formulas start with an apostrophe).
+    """For an admin, everything needed to rebuild this Pledgewatch (`format=json`, streamed
+    from one consistent snapshot, webhook secrets included: `"scope": "complete"`); for any
+    other reader, the same document with only what every reader may see (`"scope": "public"`:
+    no sources, source runs or webhooks, whose URLs may hold credentials; the ledger whole;
+    not importable). Or one row per pledge as in `/status` (`format=csv`; cells a spreadsheet
+    would run as formulas start with an apostrophe).
 
-    Left out: API keys, idempotency records, the scheduler's lease, job runs and jobs,
-    and webhook deliveries (the document lists them under `excluded`)."""
+    Always left out: API keys, idempotency records, the scheduler's lease, job runs and jobs,
+    and webhook deliveries (the document lists what it leaves out under `excluded`)."""
     now = clock.now()
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     if export_format == "csv":
@@ -91,12 +95,13 @@ def export(
                 "Cache-Control": "no-store",
             },
         )
-    chunks = service.stream_export(database, now=now, include_secrets=principal.has_role("admin"))
+    scope: ExportScope = "complete" if principal.has_role("admin") else "public"
+    chunks = service.stream_export(database, now=now, scope=scope)
     return StreamingResponse(
         _admitted_stream(request.app.state.gates, chunks),
         media_type="application/json",
         headers={
             "Content-Disposition": f'attachment; filename="pledgewatch-{stamp}.json"',
-            "Cache-Control": "no-store",
+            **NO_STORE_HEADERS,
         },
     )

@@ -10,6 +10,7 @@ from app.domain.ledger.schemas import LedgerHead
 from app.types import UTCTimestamp
 
 ExportFormat = Literal["json", "csv"]
+ExportScope = Literal["complete", "public"]
 
 FORMAT_NAME: Literal["pledgewatch-export"] = "pledgewatch-export"
 FORMAT_VERSION = 1
@@ -54,9 +55,18 @@ class ExportHeader(BaseModel):
         "same one.",
     )
     exported_at: UTCTimestamp
+    scope: ExportScope = Field(
+        default="complete",
+        description="complete: every table of state, to rebuild this Pledgewatch with "
+        "`pledgewatch import` (exported by an admin or the command line); public: only what "
+        "every reader may see (exported by anyone else): the admin-only tables (sources, their "
+        "runs, webhooks) are left out and listed under `excluded`; the ledger is whole (hashes "
+        "only). A public export is not meant for import, and import refuses it.",
+    )
     secrets: Literal["included", "withheld"] = Field(
-        description="Whether webhook secrets are in the file (admins and the command line) or "
-        "null (import then gives each webhook a new secret)."
+        description="Whether webhook secrets are in the file: included in a complete export; "
+        "withheld in a public one (it has no webhooks). An older file may hold webhooks whose "
+        "secrets are null: import gives each a new secret."
     )
     excluded: dict[str, str] = Field(
         description="Tables deliberately left out (credentials, operational state) and why."
@@ -71,6 +81,6 @@ class ExportDocument(ExportHeader):
     """A whole export: ``pledgewatch import`` rebuilds a new database from it."""
 
     tables: dict[str, TableDump] = Field(
-        description="Every table of state, in foreign-key order; the ledger and the revision "
-        "counter included."
+        description="Every table of state but those under `excluded`, in foreign-key order; "
+        "the ledger and the revision counter included."
     )

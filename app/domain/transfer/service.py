@@ -8,6 +8,13 @@ out). Values are the ledger's canonical plain JSON: datetimes RFC 3339 in UTC
 with microseconds, dates ISO. Credentials and operational tables are left out
 (``EXCLUDED_TABLES``, also listed in each document).
 
+An export is ``complete`` (admins, the command line: webhook secrets included)
+or ``public`` (any other reader): a public export also leaves out the tables
+only admins may read (``ADMIN_ONLY_TABLES``: feed URLs and run errors may carry
+credentials, webhooks are subscriptions with secrets), so it holds exactly the
+state every reader can see. It keeps the whole ledger (hashes only, public at
+``/ledger`` anyway), but cannot rebuild the state: import refuses it.
+
 Import loads such a document into a new, migrated, empty database in one
 transaction, then verifies the ledger over what it wrote: the export's ledger
 head must come out exactly, so a file changed after export is refused, naming
@@ -63,6 +70,7 @@ from app.domain.transfer.schemas import (
     FORMAT_NAME,
     FORMAT_VERSION,
     ExportHeader,
+    ExportScope,
 )
 from app.domain.webhooks.service import new_secret
 from app.errors import Conflict, InvalidInput, field_path
@@ -79,7 +87,14 @@ EXCLUDED_TABLES: dict[str, str] = {
     "webhook_delivery": "operational: delivery attempts; events up to each webhook's "
     "queued_through are not sent again, and deliveries still pending are not carried over",
 }
-# Credentials inside tables of state: only admins (and operators at the command line) get them.
+# Tables of state only admins may read, left out of a public export (by any other reader).
+ADMIN_ONLY_TABLES: dict[str, str] = {
+    "source": "admin only: feed URLs may hold credentials (user:password@, tokens in the query)",
+    "source_run": "admin only: a run's error repeats its feed's URL",
+    "webhook": "admin only: subscribers' URLs and signing secrets",
+}
+# Credentials inside tables of state. Exports older than public ones could leave them out
+# (null), and import then makes new ones.
 SECRET_COLUMNS: dict[str, frozenset[str]] = {"webhook": frozenset({"secret"})}
 # Rows the migrations create (the one revision counter): import updates them by key.
 _PRESEEDED = frozenset({"revision"})
@@ -97,9 +112,15 @@ class Progress(Protocol):
     def update(self, completed: int) -> None: ...
 
 
-def exported_tables() -> list[Table]:
-    """Every table of state, parents before children."""
-    return [table for table in Base.metadata.sorted_tables if table.name not in EXCLUDED_TABLES]
+def exported_tables(scope: ExportScope = "complete") -> list[Table]:
+    """Every table of state (only the public ones for a ``public`` export), parents first."""
+    left_out = excluded_tables(scope)
+    return [table for table in Base.metadata.sorted_tables if table.name not in left_out]
+
+
+def excluded_tables(scope: ExportScope) -> dict[str, str]:
+    """The tables an export of ``scope`` leaves out, and why (written into the document)."""
+    return EXCLUDED_TABLES if scope == "complete" else EXCLUDED_TABLES | ADMIN_ONLY_TABLES
 
 
 @contextmanager
@@ -129,16 +150,17 @@ def export_chunks(
     session: Session,
     *,
     now: datetime,
-    include_secrets: bool,
+    scope: ExportScope,
     progress: Progress | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[bytes]:
     """The JSON export of what ``session`` sees, as UTF-8 pieces; one row per line.
 
-    Give it a ``snapshot`` session. Webhook secrets are null unless
-    ``include_secrets``.
+    Give it a ``snapshot`` session. ``complete``: every table of state, webhook
+    secrets included (for admins and operators only); ``public``: only what
+    every reader may see (see the module's docstring).
     """
-    tables = exported_tables()
+    tables = exported_tables(scope)
     head = read_head(session)
     if progress is not None:
         total = sum(
@@ -151,8 +173,9 @@ def export_chunks(
         version=FORMAT_VERSION,
         schema_revision=head_revision(),
         exported_at=now,
-        secrets="included" if include_secrets else "withheld",
-        excluded=EXCLUDED_TABLES,
+        scope=scope,
+        secrets="included" if scope == "complete" else "withheld",
+        excluded=excluded_tables(scope),
         ledger=LedgerHead(length=head.length, head=head.hash),
     )
     opening = header.model_dump_json(by_alias=True)
@@ -160,8 +183,6 @@ def export_chunks(
     done = 0
     for position, table in enumerate(tables):
         names = [column.name for column in table.columns]
-        hidden = set() if include_secrets else SECRET_COLUMNS.get(table.name, frozenset())
-        masked = [name in hidden for name in names]
         start = "," if position else ""
         yield f'{start}\n{_dumps(table.name)}:{{"columns":{_dumps(names)},"rows":['.encode()
         result = session.execute(
@@ -170,15 +191,7 @@ def export_chunks(
         )
         written = 0
         for partition in result.partitions():
-            lines = [
-                _dumps(
-                    [
-                        None if hide else plain(value)
-                        for hide, value in zip(masked, row, strict=True)
-                    ]
-                )
-                for row in partition
-            ]
+            lines = [_dumps([plain(value) for value in row]) for row in partition]
             yield (("," if written else "") + "\n" + ",\n".join(lines)).encode()
             written += len(lines)
             done += len(lines)
@@ -192,14 +205,12 @@ def stream_export(
     database: Database,
     *,
     now: datetime,
-    include_secrets: bool,
+    scope: ExportScope,
     progress: Progress | None = None,
 ) -> Iterator[bytes]:
     """``export_chunks`` over a snapshot it opens on first use and closes when done."""
     with snapshot(database) as session:
-        yield from export_chunks(
-            session, now=now, include_secrets=include_secrets, progress=progress
-        )
+        yield from export_chunks(session, now=now, scope=scope, progress=progress)
 
 
 def spreadsheet_safe(cell: str) -> str:
@@ -289,6 +300,13 @@ def read_header(document: Any) -> ExportHeader:
         where = field_path(first["loc"]) or "document"
         message = "is not part of an export" if first["type"] == "extra_forbidden" else first["msg"]
         raise InvalidInput(where, message) from None
+    if header.scope == "public":
+        raise InvalidInput(
+            "scope",
+            "this is a public export, made without admin rights: it leaves out "
+            f"{', '.join(ADMIN_ONLY_TABLES)}, so it cannot rebuild the state; export with an "
+            "admin key or `pledgewatch export`",
+        )
     head = head_revision()
     if header.schema_revision != head:
         raise InvalidInput(

@@ -12,14 +12,14 @@ What a receiver can rely on: an event is delivered until one attempt succeeds,
 and never again after that; no delivery is ever being sent twice at once. If a
 process dies during an attempt, the attempt is made again once its claim
 expires, so a receiver may see a delivery twice: it deduplicates on the
-delivery id (``X-Pledgewatch-Delivery``, also in the body). Deliveries may
-arrive out of order (retries); ``seq`` gives the order.
+delivery id (``X-Pledgewatch-Delivery`` and ``webhook-id``, also in the body).
+Deliveries may arrive out of order (retries); ``seq`` gives the order. Every
+attempt is signed anew (``signing.py``): the body and the id stay, the
+timestamp is the attempt's own.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import random
@@ -42,12 +42,12 @@ from app.domain.events.service import Event, read_events
 from app.domain.ledger.canonical import plain
 from app.domain.ledger.service import read_head
 from app.domain.webhooks.models import Webhook, WebhookDelivery
+from app.domain.webhooks.signing import signed_headers
 from app.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_QUEUED
 from app.sql import insert_or_ignore
 
 log = logging.getLogger("pledgewatch.webhooks")
 
-SIGNATURE_HEADER = "X-Pledgewatch-Signature"
 EVENT_HEADER = "X-Pledgewatch-Event"
 DELIVERY_HEADER = "X-Pledgewatch-Delivery"
 TIMESTAMP_HEADER = "X-Pledgewatch-Timestamp"
@@ -97,12 +97,6 @@ class _Claim:
     body: bytes
     url: str
     secret: str
-
-
-def signature(secret: str, body: bytes) -> str:
-    """The value of X-Pledgewatch-Signature: ``sha256=`` and the hex HMAC-SHA256 of ``body``."""
-    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 def retry_delay(attempts: int, settings: Settings, jitter: Jitter) -> timedelta:
@@ -263,7 +257,7 @@ def _attempt(
         DELIVERY_HEADER: claim.delivery_id,
         TIMESTAMP_HEADER: sent_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
         ATTEMPT_HEADER: str(claim.attempt),
-        SIGNATURE_HEADER: signature(claim.secret, claim.body),
+        **signed_headers(claim.secret, claim.delivery_id, int(sent_at.timestamp()), claim.body),
     }
     status: int | None = None
     error: str | None = None

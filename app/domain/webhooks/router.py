@@ -10,8 +10,10 @@ from app.deps import Admin, ClockDep, SessionDep, SettingsDep
 from app.domain.pledges.router import Cursor, Limit
 from app.domain.webhooks import service
 from app.domain.webhooks.schemas import DeliveryOut, WebhookCreate, WebhookCreated, WebhookOut
+from app.domain.webhooks.signing import shown_secret
 from app.pagination import Page
 from app.problems import READ_ERRORS, WRITE_ERRORS, problems
+from app.redact import NO_STORE_HEADERS
 
 router = APIRouter(tags=["webhooks"])
 
@@ -42,12 +44,16 @@ def create_webhook(
     response: Response,
 ) -> WebhookCreated:
     """Subscribe a URL to events (all of them unless ``events`` says which). Events recorded
-    from now on are POSTed to it, signed with the secret: ``X-Pledgewatch-Signature:
-    sha256=<hex HMAC-SHA256 of the raw body>``, with ``X-Pledgewatch-Event``,
+    from now on are POSTed to it, signed with the secret the Standard Webhooks way
+    (``webhook-id``: the delivery id, the same on every attempt; ``webhook-timestamp``: unix
+    seconds of the attempt; ``webhook-signature: v1,<base64 HMAC-SHA256 of
+    "{id}.{timestamp}.{body}">``) and the original way (``X-Pledgewatch-Signature:
+    sha256=<hex HMAC-SHA256 of the raw body>``), with ``X-Pledgewatch-Event``,
     ``X-Pledgewatch-Delivery`` (the delivery id: deduplicate on it, a delivery may come twice
     if an attempt was cut short) and ``X-Pledgewatch-Timestamp``. Any answer but 2xx (a
     redirect included) or none within the timeout is retried with exponential backoff.
-    The secret is in this answer only. A URL on a private, loopback or link-local address is
+    The secret is in this answer only, in ``whsec_`` form (the answer must not be cached:
+    ``Cache-Control: no-store``). A URL on a private, loopback or link-local address is
     a 422."""
     webhook = service.create_webhook(
         session,
@@ -57,7 +63,10 @@ def create_webhook(
         allow_private=settings.allow_private_source_hosts,
     )
     response.headers["Location"] = f"/api/v1/webhooks/{webhook.id}"
-    return WebhookCreated(**service.webhook_out(webhook).model_dump(), secret=webhook.secret)
+    response.headers.update(NO_STORE_HEADERS)
+    return WebhookCreated(
+        **service.webhook_out(webhook).model_dump(), secret=shown_secret(webhook.secret)
+    )
 
 
 @router.get(

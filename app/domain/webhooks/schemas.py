@@ -7,11 +7,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from app.domain.events.service import EVENT_KINDS
 from app.domain.evidence.schemas import WebUrl
+from app.domain.webhooks.signing import WHSEC_PREFIX, stored_secret
 from app.types import RequiredText, StorableStr
 
 DeliveryState = Literal["pending", "delivered", "failed"]
 MIN_SECRET_LENGTH = 16
 MAX_SECRET_LENGTH = 128
+# The whsec_ form of the longest secret (four UTF-8 bytes a character, in base64): any secret
+# shown can be given back.
+MAX_SECRET_INPUT = len(WHSEC_PREFIX) + 4 * -(-MAX_SECRET_LENGTH * 4 // 3)
 
 
 def _event_kind(value: str) -> str:
@@ -41,13 +45,32 @@ class WebhookCreate(BaseModel):
     )
     description: Annotated[StorableStr, Field(max_length=1000)] | None = None
     secret: (
-        Annotated[RequiredText, Field(min_length=MIN_SECRET_LENGTH, max_length=MAX_SECRET_LENGTH)]
+        Annotated[RequiredText, Field(min_length=MIN_SECRET_LENGTH, max_length=MAX_SECRET_INPUT)]
         | None
     ) = Field(
         default=None,
-        description="The key that signs each delivery (HMAC-SHA256); a strong one is made when "
-        "left out. It is shown in this answer only.",
+        description=f"The secret that signs each delivery (HMAC-SHA256, keyed with its UTF-8 "
+        f"bytes): {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters of text, or such text "
+        "in `whsec_` form (base64 of its UTF-8); a strong one is made when left out. The answer "
+        "shows it, in `whsec_` form, this once.",
     )
+
+    @field_validator("secret")
+    @classmethod
+    def _stored_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        whsec = value.startswith(WHSEC_PREFIX)
+        text = stored_secret(value) if whsec else value
+        held = "hold" if whsec else "be"
+        if not MIN_SECRET_LENGTH <= len(text) <= MAX_SECRET_LENGTH:
+            raise ValueError(
+                f"must {held} {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters of text, "
+                f"not {len(text)}"
+            )
+        if "\x00" in text or not text.strip():
+            raise ValueError(f"must {held} text, without NUL characters")
+        return text
 
     @field_validator("events")
     @classmethod
@@ -68,13 +91,20 @@ class WebhookOut(BaseModel):
 
 class WebhookCreated(WebhookOut):
     secret: str = Field(
-        description="Signs every delivery: X-Pledgewatch-Signature is sha256=<hex HMAC-SHA256 "
-        "of the raw body with this key>. Shown only in this answer; keep it."
+        description="Signs every delivery, shown only in this answer (keep it): `whsec_` and "
+        "the base64 of the key. `webhook-signature` is `v1,<base64 HMAC-SHA256 of "
+        '"{webhook-id}.{webhook-timestamp}.{body}">` (Standard Webhooks: give this secret to '
+        "their verifier as it is), and X-Pledgewatch-Signature `sha256=<hex HMAC-SHA256 of the "
+        "raw body>`, both keyed with the decoded bytes (for a secret you gave as text, its "
+        "UTF-8)."
     )
 
 
 class DeliveryOut(BaseModel):
-    id: str = Field(description="The delivery id, sent as X-Pledgewatch-Delivery.")
+    id: str = Field(
+        description="The delivery id, sent as X-Pledgewatch-Delivery and webhook-id (the same "
+        "on every attempt)."
+    )
     webhook_id: int
     seq: int = Field(description="The ledger seq of the event (its id in /events).")
     event: str

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import standardwebhooks.webhooks
 
 from app.clock import FrozenClock
 from app.collectors.fetch import SafeFetcher
 from app.config import Settings
-from tests.domain.webhooks.receiver import Receiver, webhook_receiver
+from tests.domain.webhooks.receiver import Receiver, clocked_datetime, webhook_receiver
 
 
 @pytest.fixture
@@ -28,7 +29,9 @@ def settings(db_url: str) -> Settings:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(clock: FrozenClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A receiver whose Standard Webhooks verifier lives on the test's clock."""
+    monkeypatch.setattr(standardwebhooks.webhooks, "datetime", clocked_datetime(clock))
     with webhook_receiver() as running:
         yield running
 

@@ -1,7 +1,13 @@
-"""A real webhook receiver on 127.0.0.1: checks every signature, fails attempts on request."""
+"""A real webhook receiver on 127.0.0.1: checks every signature, fails attempts on request.
+
+Both signatures are checked as a receiver would: X-Pledgewatch-Signature by hand, with the
+secret's bytes; the Standard Webhooks headers by the ``standardwebhooks`` package's own
+verifier, given the secret in the ``whsec_`` form the API showed.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -11,8 +17,41 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from app.clock import Clock
+
+
+def clocked_datetime(clock: Clock) -> type[datetime]:
+    """``datetime`` whose ``now()`` is ``clock``'s: patched into the verifier, it judges
+    ``webhook-timestamp`` (at most five minutes off) by the test's clock."""
+
+    class Clocked(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Self:
+            return cls.fromtimestamp(clock.now().timestamp(), tz)
+
+    return Clocked
+
+
+def standard_check(secret: str, body: bytes, headers: dict[str, str]) -> str | None:
+    """Why the Standard Webhooks verifier refuses this request (None: it verifies)."""
+    try:
+        Webhook(secret).verify(body, headers)
+    except WebhookVerificationError as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def legacy_signature_ok(secret: str, body: bytes, headers: dict[str, str]) -> bool:
+    """X-Pledgewatch-Signature checked with the key a ``whsec_`` secret holds."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, headers.get("x-pledgewatch-signature", ""))
 
 
 @dataclass(frozen=True)
@@ -32,12 +71,17 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     document: dict[str, Any]
-    signature_ok: bool
+    signature_ok: bool  # X-Pledgewatch-Signature
+    standard_error: str | None  # why the Standard Webhooks verifier refused it, if it did
     status: int
 
     @property
     def delivery_id(self) -> str:
         return self.headers["x-pledgewatch-delivery"]
+
+    @property
+    def standard_ok(self) -> bool:
+        return self.standard_error is None
 
     @property
     def accepted(self) -> bool:
@@ -47,7 +91,7 @@ class Received:
 @dataclass
 class Receiver:
     base: str = ""
-    # The secret each path's subscription signs with.
+    # The secret each path's subscription signs with, in whsec_ form.
     secrets: dict[str, str] = field(default_factory=dict)
     # Each delivery (by id) to a path gets these replies to its first attempts, then 200.
     failures: dict[str, list[Reply]] = field(default_factory=dict)
@@ -88,9 +132,11 @@ def webhook_receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {name.lower(): value for name, value in self.headers.items()}
-            secret = state.secrets.get(self.path, "")
-            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            signature_ok = hmac.compare_digest(expected, headers.get("x-pledgewatch-signature", ""))
+            secret = state.secrets.get(self.path)
+            signature_ok = secret is not None and legacy_signature_ok(secret, body, headers)
+            standard_error = (
+                standard_check(secret, body, headers) if secret is not None else "no secret"
+            )
             reply = state.reply_for(self.path, headers.get("x-pledgewatch-delivery", ""))
             with state.lock:
                 state.received.append(
@@ -100,6 +146,7 @@ def webhook_receiver() -> Iterator[Receiver]:
                         body=body,
                         document=json.loads(body),
                         signature_ok=signature_ok,
+                        standard_error=standard_error,
                         status=reply.status,
                     )
                 )

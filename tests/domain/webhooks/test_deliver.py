@@ -7,6 +7,7 @@ what the receiver saw.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections import Counter
@@ -23,12 +24,12 @@ from app.config import Settings
 from app.db import Database
 from app.domain.ledger.models import LedgerEntry
 from app.domain.ledger.service import read_head
-from app.domain.webhooks import deliver
+from app.domain.webhooks import deliver, signing
 from app.domain.webhooks.models import WebhookDelivery
 from app.scheduler.jobs import DELIVER, SchedulerContext, register_jobs, run_once
 from app.scheduler.models import JobRun
 from app.scheduler.service import build_scheduler
-from tests.domain.webhooks.receiver import Receiver, Reply
+from tests.domain.webhooks.receiver import Receiver, Reply, standard_check
 from tests.factories import PLEDGE_ID, Keys, evidence_body, make_pledge
 
 API = "/api/v1"
@@ -43,9 +44,13 @@ def no_jitter() -> float:
 def subscribe(
     client: TestClient, keys: Keys, receiver: Receiver, path: str, **fields: Any
 ) -> dict[str, Any]:
-    """Subscribe the receiver's ``path`` with a secret of its own; the created webhook."""
+    """Subscribe the receiver's ``path`` with a secret of its own; the created webhook.
+
+    The receiver turns its secret into ``whsec_`` form itself, as the README tells the
+    receivers of subscriptions made before the Standard Webhooks headers to do.
+    """
     secret = f"a secret for {path} that is long enough"
-    receiver.secrets[path] = secret
+    receiver.secrets[path] = "whsec_" + base64.b64encode(secret.encode()).decode()
     response = client.post(
         f"{API}/webhooks",
         json={"url": receiver.url(path), "secret": secret, **fields},
@@ -53,6 +58,7 @@ def subscribe(
     )
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
+    assert created["secret"] == receiver.secrets[path], "shown once, in whsec_ form"
     return created
 
 
@@ -188,6 +194,12 @@ def test_failed_attempts_are_retried_with_backoff_until_one_succeeds_and_never_a
     seen = receiver.on("/hook")
     assert len(seen) == 9
     assert all(item.signature_ok for item in seen)
+    assert all(item.standard_ok for item in seen), [item.standard_error for item in seen]
+    # Every attempt is signed anew: the same webhook-id (the delivery's), its own timestamp.
+    for attempt in seen:
+        assert attempt.headers["webhook-id"] == attempt.delivery_id
+    stamps = Counter(attempt.headers["webhook-timestamp"] for attempt in seen)
+    assert stamps == {str(int(when.timestamp())): 3 for when in (first, second, third)}
     accepted = receiver.accepted("/hook")
     assert sorted(item.document["seq"] for item in accepted) == wanted
     by_id = Counter(item.delivery_id for item in accepted)
@@ -216,9 +228,16 @@ def test_a_delivery_carries_its_event_its_id_a_timestamp_and_a_signature(
     (received,) = receiver.on("/hook")
     headers, document = received.headers, received.document
     assert received.signature_ok
-    assert headers["x-pledgewatch-signature"] == deliver.signature(
-        receiver.secrets["/hook"], received.body
+    assert received.standard_ok, received.standard_error
+    secret = "a secret for /hook that is long enough"
+    assert headers["x-pledgewatch-signature"] == signing.signature(secret, received.body)
+    timestamp = int(clock.now().timestamp())
+    assert headers["webhook-id"] == document["delivery_id"]
+    assert headers["webhook-timestamp"] == str(timestamp)
+    assert headers["webhook-signature"] == signing.standard_signature(
+        secret, document["delivery_id"], timestamp, received.body
     )
+    assert headers["webhook-signature"].startswith("v1,")
     assert headers["x-pledgewatch-event"] == "status.changed" == document["event"]
     assert headers["x-pledgewatch-delivery"] == document["delivery_id"]
     assert headers["x-pledgewatch-attempt"] == "1"
@@ -233,6 +252,38 @@ def test_a_delivery_carries_its_event_its_id_a_timestamp_and_a_signature(
     (seq,) = event_seqs(database, ("status.changed",), after=subscribed)
     assert document["seq"] == seq
     assert json.loads(received.body) == document
+
+
+def test_a_retry_keeps_its_webhook_id_and_is_signed_with_a_fresh_timestamp(
+    client: TestClient,
+    keys: Keys,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    receiver: Receiver,
+    fetcher: SafeFetcher,
+) -> None:
+    make_pledge(client, keys)
+    subscribe(client, keys, receiver, "/hook")
+    receiver.failures["/hook"] = [Reply(status=500)]
+    change_status(client, keys, "in_progress")
+    assert run(database, fetcher, clock, settings).retrying == 1
+    # Retried well after the verifier's five minutes of tolerance.
+    clock.advance(timedelta(minutes=10))
+    assert run(database, fetcher, clock, settings).delivered == 1
+
+    first, retry = receiver.on("/hook")
+    assert (first.status, retry.status) == (500, 200)
+    assert first.body == retry.body
+    assert first.headers["webhook-id"] == retry.headers["webhook-id"] == retry.delivery_id
+    assert int(retry.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"]) == 600
+    assert first.headers["webhook-signature"] != retry.headers["webhook-signature"]
+    # Each verified when it came; the first attempt's signature, replayed now, would not.
+    assert (first.standard_error, retry.standard_error) == (None, None)
+    assert standard_check(receiver.secrets["/hook"], first.body, first.headers) == (
+        "Message timestamp too old"
+    )
+    assert standard_check(receiver.secrets["/hook"], retry.body, retry.headers) is None
 
 
 def test_after_the_last_attempt_a_delivery_fails_and_is_not_tried_again(
@@ -414,7 +465,7 @@ def test_two_runs_at_once_never_send_a_delivery_twice(
     assert sum(report.delivered for report in reports) == 24
     for path in ("/hook", "/other"):
         seen = receiver.on(path)
-        assert all(item.signature_ok for item in seen)
+        assert all(item.signature_ok and item.standard_ok for item in seen)
         assert Counter(item.delivery_id for item in seen).most_common(1)[0][1] == 1
         assert sorted(item.document["seq"] for item in seen) == wanted
     with database.transaction(write=False) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.db import Database
 from app.domain.events.service import EVENT_KINDS
 from app.domain.ledger.models import LedgerEntry
 from app.domain.ledger.service import verify
+from app.domain.webhooks.models import Webhook
 from app.main import create_app
 from tests.factories import Keys, invalid_fields, problem
 
@@ -41,8 +43,9 @@ def test_create_read_list_delete(client: TestClient, keys: Keys, clock: FrozenCl
     assert created["description"] == "The situation room"
     assert created["created_by"] == "key:admin"
     assert created["created_at"].startswith(clock.now().date().isoformat())
-    # A strong secret is made when none is given, and shown this once.
-    assert len(created["secret"]) >= 40
+    # A strong secret is made when none is given, and shown this once, in whsec_ form.
+    assert created["secret"].startswith("whsec_")
+    assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) >= 40
 
     shown = {key: value for key, value in created.items() if key != "secret"}
     assert client.get(f"{API}/webhooks/{created['id']}", headers=admin).json() == shown
@@ -57,11 +60,44 @@ def test_create_read_list_delete(client: TestClient, keys: Keys, clock: FrozenCl
     assert client.get(f"{API}/webhooks", headers=admin).json()["items"] == []
 
 
-def test_a_given_secret_and_events_are_kept(client: TestClient, keys: Keys) -> None:
+def test_a_given_secret_and_events_are_kept(
+    client: TestClient, keys: Keys, database: Database
+) -> None:
     secret = "correct horse battery staple"
     created = create(client, keys, secret=secret, events=["proposal.created", "status.changed"])
-    assert created["secret"] == secret
+    # Shown in whsec_ form: the base64 of the secret's UTF-8, the key of both signatures.
+    assert created["secret"] == "whsec_Y29ycmVjdCBob3JzZSBiYXR0ZXJ5IHN0YXBsZQ=="
+    assert base64.b64decode(created["secret"].removeprefix("whsec_")) == secret.encode()
     assert created["events"] == ["proposal.created", "status.changed"]
+    with database.transaction(write=False) as session:
+        stored = session.get(Webhook, created["id"])
+        assert stored is not None
+        assert stored.secret == secret
+
+
+@pytest.mark.parametrize(
+    "text", ["a secret kept from before, ünïcode", "秘" * 128, "sixteen chars!!!"]
+)
+def test_a_whsec_secret_is_taken_as_the_key_it_holds(
+    client: TestClient, keys: Keys, database: Database, text: str
+) -> None:
+    shown = "whsec_" + base64.b64encode(text.encode()).decode()
+    created = create(client, keys, secret=shown)
+    assert created["secret"] == shown, "the same whsec_ comes back"
+    with database.transaction(write=False) as session:
+        stored = session.get(Webhook, created["id"])
+        assert stored is not None
+        assert stored.secret == text
+    # Without its padding, as Standard Webhooks libraries accept it, it is the same secret.
+    again = create(client, keys, secret=shown.rstrip("="))
+    assert again["secret"] == shown
+
+
+def test_the_answer_holding_the_secret_is_never_cached(client: TestClient, keys: Keys) -> None:
+    response = client.post(f"{API}/webhooks", json={"url": PUBLIC_URL}, headers=keys["admin"])
+    assert response.status_code == 201, response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
 
 
 def test_creating_and_deleting_are_in_the_ledger_and_it_verifies(
@@ -112,6 +148,13 @@ BAD_INPUT: list[tuple[dict[str, Any], str]] = [
     ({"secret": "x" * 129}, "secret"),
     ({"secret": " " * 20}, "secret"),
     ({"secret": 1234567890123456789}, "secret"),
+    # A whsec_ secret must hold UTF-8 text of a secret's length, in base64.
+    ({"secret": "whsec_" + base64.b64encode(bytes(range(128, 160))).decode()}, "secret"),
+    ({"secret": "whsec_" + base64.b64encode(b"short").decode()}, "secret"),
+    ({"secret": "whsec_" + base64.b64encode(b"\x00" * 20).decode()}, "secret"),
+    ({"secret": "whsec_not*base64*at*all*"}, "secret"),
+    ({"secret": "whsec_" + base64.b64encode(("x" * 129).encode()).decode()}, "secret"),
+    ({"secret": "whsec_" + "A" * 700}, "secret"),
     ({"description": 5}, "description"),
     ({"description": "nul \x00 inside"}, "description"),
     ({"colour": "blue"}, "colour"),
