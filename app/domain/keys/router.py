@@ -18,6 +18,7 @@ from app.domain.keys.schemas import KeyCreate, KeyIssued, KeyOut, KeyRotate, key
 from app.domain.pledges.router import Cursor, Limit
 from app.pagination import Page
 from app.problems import READ_ERRORS, WRITE_ERRORS, problems
+from app.redact import NO_STORE_HEADERS
 
 router = APIRouter(tags=["keys"])
 
@@ -39,7 +40,6 @@ class _KeyNameConvertor(Convertor[str]):
 register_url_convertor("key_name", _KeyNameConvertor())
 
 KeyName = Annotated[str, Path(min_length=1, max_length=100, description="The key's name.")]
-_SECRET_ANSWER = {"Cache-Control": "no-store"}
 
 
 def _after_commit(session: Session, action: Callable[[], None]) -> None:
@@ -81,7 +81,7 @@ def create_key(
         session, lambda: service.log_key_event("created", issued.key, actor=principal.actor)
     )
     response.headers["Location"] = f"/api/v1/keys/{quote(issued.key.name, safe='')}"
-    response.headers.update(_SECRET_ANSWER)
+    response.headers.update(NO_STORE_HEADERS)
     return KeyIssued(**key_out(issued.key, now=now).model_dump(), secret=issued.secret)
 
 
@@ -141,5 +141,5 @@ def rotate_key(
         service.log_key_event("rotated", issued.key, actor=principal.actor)
 
     _after_commit(session, committed)
-    response.headers.update(_SECRET_ANSWER)
+    response.headers.update(NO_STORE_HEADERS)
     return KeyIssued(**key_out(issued.key, now=now).model_dump(), secret=issued.secret)
