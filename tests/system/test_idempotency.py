@@ -26,6 +26,7 @@ from app.domain.idempotency.models import IdempotencyRecord
 from app.domain.idempotency.service import owner_of
 from app.domain.keys.models import ApiKey
 from app.domain.keys.service import hash_key
+from app.errors import DomainError
 from app.gates import DatabaseGates
 from tests.factories import (
     PLEDGE_ID,
@@ -671,3 +672,41 @@ def test_a_retry_with_the_rotated_secret_of_the_same_key_replays(
         )
     headers = with_key({"Authorization": f"Bearer {rotated}"}, "rotated-1")
     assert_replay_of(post_evidence(client, headers), first)
+
+
+class RefusingGates(DatabaseGates):
+    """Gates that refuse every write admission, as busy gates do under overload."""
+
+    def __init__(self, inner: DatabaseGates) -> None:
+        self._inner = inner
+
+    @asynccontextmanager
+    async def admit(self, *, write: bool) -> AsyncIterator[None]:
+        if write:
+            raise Unavailable("the database is busy", headers={"Retry-After": "2"})
+        async with self._inner.admit(write=write):
+            yield
+
+
+class Unavailable(DomainError):
+    status = 503
+    title = "Service unavailable"
+    type_suffix = "unavailable"
+
+
+def test_a_refused_admission_answers_the_refusal_and_keeps_nothing(
+    client: TestClient, keys: Keys, database: Database
+) -> None:
+    make_pledge(client, keys)
+    app_state = client.app.state  # type: ignore[attr-defined]
+    gates = app_state.gates
+    app_state.gates = RefusingGates(gates)
+    try:
+        headers = with_key(keys["collector"], "refused-1")
+        refused = post_evidence(client, headers)
+    finally:
+        app_state.gates = gates
+    problem(refused, 503)
+    assert refused.headers["retry-after"] == "2"
+    assert records(database) == []
+    assert post_evidence(client, headers).status_code == 201
