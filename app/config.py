@@ -21,8 +21,8 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     idempotency_ttl_hours: int = Field(default=24, ge=24)
-    # An Idempotency-Key still "in progress" after this long belongs to a request
-    # whose process died; a retry may then take it over instead of waiting forever.
+    # An Idempotency-Key left "in progress" by earlier versions (which committed the claim
+    # on its own) is taken over by a retry after this long. Claims now commit with the answer.
     idempotency_stale_seconds: int = Field(default=120, gt=0)
     status_cache_entries: int = Field(default=256, gt=0)
     # Their bytes, bodies and gzip codings together (a 1,000-pledge body is about 330 KB).

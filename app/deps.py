@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.clock import Clock
 from app.config import Settings
 from app.db import Database
+from app.domain.idempotency.handover import KeyRules, context_of
 from app.domain.keys.directory import KeyDirectory
 from app.domain.keys.service import ANONYMOUS, Principal
 from app.errors import Forbidden, Unauthorized
@@ -71,20 +74,56 @@ async def get_principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+async def _admitted_until_settled(request: Request) -> AsyncIterator[None]:
+    """The request's admission; for a keyed POST, held until its answer is committed.
+
+    The idempotency middleware commits a keyed POST's transaction (with the key's answer in
+    it) after the handler, and releases the admission only then.
+    """
+    context = context_of(request.scope)
+    admission = asynccontextmanager(admitted)(request)
+    if context is None:
+        async with admission:
+            yield
+        return
+    await context.hold(admission)
+    try:
+        yield
+    finally:
+        if not context.pending:
+            await context.release()
+
+
 def get_session(
     request: Request,
-    _principal: PrincipalDep,
-    _: Annotated[None, Depends(admitted, scope="function")],
+    principal: PrincipalDep,
+    _: Annotated[None, Depends(_admitted_until_settled, scope="function")],
 ) -> Iterator[Session]:
     """One transaction per request: committed when the handler returns, else rolled back.
 
     Used with ``scope="function"`` so the commit happens before the response is
     sent: a client is never told 201 for a write that did not commit. The request is
     authenticated before it is admitted, so it holds one database slot at most.
+
+    A POST with an ``Idempotency-Key`` from a known principal claims the key in this
+    transaction (a settled key answers with its first answer instead), and the transaction
+    is committed by the idempotency middleware once the answer is stored in it.
     """
     database: Database = request.app.state.database
-    with database.transaction(write=request.method not in _READ_METHODS) as session:
-        yield session
+    context = context_of(request.scope)
+    if context is None or principal.name is None:
+        with database.transaction(write=request.method not in _READ_METHODS) as session:
+            yield session
+        return
+    settings: Settings = request.app.state.settings
+    clock: Clock = request.app.state.clock
+    rules = KeyRules(
+        ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        stale=timedelta(seconds=settings.idempotency_stale_seconds),
+    )
+    yield from context.claimed_transaction(
+        database, actor=principal.actor, now=clock.now(), rules=rules
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from app.demo.router import router as demo_router
 from app.domain.events.router import router as events_router
 from app.domain.events.stream import EventBroadcaster
 from app.domain.evidence.router import router as evidence_router
+from app.domain.idempotency.sweeper import ExpiredKeySweeper
 from app.domain.keys.directory import KeyDirectory
 from app.domain.keys.router import router as keys_router
 from app.domain.ledger.router import router as ledger_router
@@ -134,12 +136,20 @@ def create_app(
             max_streams=settings.sse_max_clients,
         )
         await app.state.events.start()
+        app.state.idempotency_sweeper = ExpiredKeySweeper(
+            database=app.state.database,
+            gates=app.state.gates,
+            clock=app.state.clock,
+            ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        )
+        app.state.idempotency_sweeper.start()
         # The revision /status polls are answered with, kept current without a read each.
         await start_revision_watch(app)
         try:
             yield
         finally:
             await stop_revision_watch(app)
+            await app.state.idempotency_sweeper.stop()
             await app.state.events.stop()
             await app.state.keys.stop()
             if app.state.scheduler is not None:

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import anyio
 import fastapi.routing
-from sqlalchemy import delete
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import Database
-from app.domain.idempotency.models import IdempotencyRecord
+from app.domain.idempotency import service as idempotency
+from app.domain.idempotency.handover import IdempotencyContext, Stage, attach
+from app.domain.idempotency.service import StoredAnswer
 from app.metrics import REQUEST_LATENCY, REQUESTS
 from app.problems import problem_response
-from app.sql import insert_or_ignore
 
 log = logging.getLogger("pledgewatch.access")
+_idempotency_log = logging.getLogger("pledgewatch.idempotency")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -205,15 +205,16 @@ class BodyLimitMiddleware:
 class IdempotencyMiddleware:
     """Makes every ``POST`` with an ``Idempotency-Key`` safe to retry.
 
-    The same key and body replay the first response; the same key with another
-    body is a 422; a retry while the first is still running is a 409. Keys are
-    scoped to the credentials that sent them and kept ``ttl`` long. A 5xx is not
-    kept, so the retry runs again.
+    Here the key is only checked for form, the body read and hashed, and the answer held
+    back: the key is claimed by the request's transaction (``get_session``, after
+    authentication; app/domain/idempotency/handover.py), and the answer is stored in that
+    transaction and committed before it is sent. So an answer that left was kept, and a
+    retry is answered with it byte for byte. An answer that changed nothing (a 4xx) is kept
+    in a short transaction of its own, when the request was authenticated; a 5xx is not kept.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._last_purge = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -237,162 +238,132 @@ class IdempotencyMiddleware:
                 ],
             )(scope, receive, send)
             return
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away
+        digest = idempotency.request_hash(
+            scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"), body
+        )
+        failure: Exception | None = None
+        async with anyio.create_task_group() as holders:
+            context = IdempotencyContext(key=key, request_hash=digest, holders=holders)
+            attach(scope, context)
+            answer = _HeldAnswer(scope, context, send)
+            try:
+                await self.app(scope, replaying(body, receive), answer.send)
+            except Exception as error:  # re-raised below, outside the task group
+                failure = error
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if context.pending:
+                        await anyio.to_thread.run_sync(context.abandon)
+                    await context.release()
+        if failure is not None:
+            raise failure
 
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (its size is capped by BodyLimitMiddleware, outside this one)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+# Answers that depend on the moment, not on the request: never kept for a key.
+_NEVER_KEPT = frozenset({401, 429})
+
+
+class _HeldAnswer:
+    """Holds a keyed POST's answer back until it is kept, then lets it go."""
+
+    def __init__(self, scope: Scope, context: IdempotencyContext, send: Send) -> None:
+        self._scope = scope
+        self._context = context
+        self._send = send
+        self._start: Message | None = None
+        self._chunks: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self._start = message
+            return
+        if message["type"] == "http.response.body" and self._start is not None:
+            self._chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
                 return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-
-        state = scope["app"].state
-        database: Database = state.database
-        now = state.clock.now()
-        ttl = timedelta(hours=state.settings.idempotency_ttl_hours)
-        stale = timedelta(seconds=state.settings.idempotency_stale_seconds)
-        credential = _header(scope, b"authorization") or ""
-        record_scope = hashlib.sha256(credential.encode("latin-1")).hexdigest()
-        digest = hashlib.sha256()
-        for part in (
-            scope["method"],
-            scope["path"],
-            scope.get("query_string", b"").decode("latin-1"),
-        ):
-            digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
-        digest.update(body)
-        request_hash = digest.hexdigest()
-
-        def claim() -> IdempotencyRecord | None:
-            """None when this request now owns the key; else the record that blocks it."""
-            with database.transaction() as session:
-                inserted = session.execute(
-                    insert_or_ignore(session, IdempotencyRecord).values(
-                        scope=record_scope,
-                        key=key,
-                        request_hash=request_hash,
-                        state="in_progress",
-                        created_at=now,
-                    )
-                ).rowcount  # type: ignore[attr-defined]
-                if inserted:
-                    return None
-                record = session.get_one(IdempotencyRecord, (record_scope, key))
-                expired = record.created_at < now - ttl
-                abandoned = record.state == "in_progress" and record.created_at < now - stale
-                if expired or (abandoned and record.request_hash == request_hash):
-                    record.request_hash = request_hash
-                    record.state = "in_progress"
-                    record.created_at = now
-                    record.response_status = None
-                    record.response_body = None
-                    record.response_headers = None
-                    return None
-                session.expunge(record)
-                return record
-
-        gates = state.gates
-        async with gates.admit(write=True):
-            blocking = await anyio.to_thread.run_sync(claim)
-        if blocking is not None:
-            await self._answer_blocked(blocking, request_hash, scope, receive, send)
+            await self._settle_and_deliver()
             return
+        await self._send(message)
 
-        captured_status = 500
-        captured_headers: list[list[str]] = []
-        chunks: list[bytes] = []
-        replay_receive = replaying(body, receive)
-
-        async def capturing_send(message: Message) -> None:
-            nonlocal captured_status, captured_headers
-            if message["type"] == "http.response.start":
-                captured_status = message["status"]
-                captured_headers = [
-                    [k.decode("latin-1"), v.decode("latin-1")]
-                    for k, v in message.get("headers", [])
-                    if k.lower() not in (b"content-length", b"x-request-id")
-                ]
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, replay_receive, capturing_send)
-        finally:
-
-            def finish() -> None:
-                with database.transaction() as session:
-                    record = session.get(IdempotencyRecord, (record_scope, key))
-                    if record is None:
-                        return
-                    if captured_status >= 500:
-                        session.delete(record)
-                        return
-                    record.state = "done"
-                    record.response_status = captured_status
-                    record.response_headers = captured_headers
-                    record.response_body = b"".join(chunks)
-
-            async with gates.admit(write=True):
-                await anyio.to_thread.run_sync(finish)
-            await self._maybe_purge(gates, database, now - ttl)
-
-    async def _answer_blocked(
-        self,
-        record: IdempotencyRecord,
-        request_hash: str,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        if record.request_hash != request_hash:
-            response = problem_response(
-                422,
-                "Idempotency-Key reused",
-                "this Idempotency-Key was used with a different request; use a new key",
-                slug="idempotency-key-reused",
-                errors=[
-                    {"field": "Idempotency-Key", "message": "was used with a different request"}
-                ],
-            )
-        elif record.state != "done" or record.response_status is None:
-            response = problem_response(
-                409,
-                "Request in progress",
-                "the first request with this Idempotency-Key is still running; retry shortly",
-                slug="idempotency-in-progress",
-                headers={"Retry-After": "1"},
-            )
-        else:
-            headers = [
-                (k.encode("latin-1"), v.encode("latin-1")) for k, v in record.response_headers or []
-            ]
-            body = record.response_body or b""
-            headers.append((b"content-length", str(len(body)).encode()))
-            headers.append((b"idempotent-replayed", b"true"))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": record.response_status,
-                    "headers": headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        await response(scope, receive, send)
-
-    async def _maybe_purge(self, gates: Any, database: Database, before: Any) -> None:
-        # Expired keys are swept at most once a minute per process, off the request path's locks.
-        if time.monotonic() - self._last_purge < 60:
-            return
-        self._last_purge = time.monotonic()
-
-        def purge() -> None:
-            with database.transaction() as session:
-                session.execute(
-                    delete(IdempotencyRecord).where(IdempotencyRecord.created_at < before)
+    async def _settle_and_deliver(self) -> None:
+        start = self._start
+        assert start is not None
+        status: int = start["status"]
+        body = b"".join(self._chunks)
+        answer = StoredAnswer.of_response(status, list(start.get("headers", [])), body)
+        context = self._context
+        if context.pending:
+            try:
+                await anyio.to_thread.run_sync(context.commit, answer if status < 500 else None)
+            except Exception:
+                _idempotency_log.exception(
+                    "an answer could not be committed", extra=self._log_extra()
                 )
+                await context.release()
+                await _not_saved()(self._scope, _no_receive, self._send)
+                return
+        await context.release()
+        if context.stage is not Stage.SETTLED and status < 500 and status not in _NEVER_KEPT:
+            await self._keep_alone(answer)
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
-        async with gates.admit(write=True):
-            await anyio.to_thread.run_sync(purge)
+    async def _keep_alone(self, answer: StoredAnswer) -> None:
+        """Keep the answer of an authenticated request that changed nothing."""
+        context = self._context
+        # Claimed keys know their owner; a request refused before its transaction (a role
+        # too low) is known by the actor that authentication noted.
+        actor = self._scope.get("state", {}).get("actor")
+        authenticated = isinstance(actor, str) and actor.startswith("key:")
+        owner = context.owner or (idempotency.owner_of(actor) if authenticated else None)
+        if owner is None:
+            return  # anonymous: nothing is kept for it
+        state = self._scope["app"].state
+        keep = partial(
+            context.keep_alone,
+            state.database,
+            owner=owner,
+            answer=answer,
+            now=state.clock.now(),
+            ttl=timedelta(hours=state.settings.idempotency_ttl_hours),
+        )
+        try:
+            async with state.gates.admit(write=True):
+                await anyio.to_thread.run_sync(keep)
+        except Exception:
+            # The answer is still right (nothing changed); only its replay is lost.
+            _idempotency_log.warning(
+                "an answer could not be kept for its key", exc_info=True, extra=self._log_extra()
+            )
+
+    def _log_extra(self) -> dict[str, Any]:
+        return {"request_id": self._scope.get("state", {}).get("request_id")}
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _not_saved() -> Any:
+    return problem_response(
+        503,
+        "Not saved",
+        "the change could not be saved with its answer; retry with the same Idempotency-Key",
+        slug="not-saved",
+        headers={"Retry-After": "1"},
+    )

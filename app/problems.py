@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from app.domain.idempotency.service import Replay
 from app.errors import DomainError, field_errors
 
 PROBLEM_JSON = "application/problem+json"
@@ -161,8 +162,22 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
+def _replay(request: Request, exc: Exception) -> Response:
+    # The first answer to this Idempotency-Key, exactly as it was (its own headers included).
+    assert isinstance(exc, Replay)
+    answer = exc.answer
+    response = Response(answer.body, status_code=answer.status)
+    response.raw_headers = [
+        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers),
+        (b"content-length", str(len(answer.body)).encode()),
+        (b"idempotent-replayed", b"true"),
+    ]
+    return response
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Replay, _replay)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)

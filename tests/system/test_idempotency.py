@@ -1,20 +1,33 @@
-"""Idempotency-Key on POST: replay, mismatch, scope per API key, in progress, expiry."""
+"""Idempotency-Key on POST: replay, mismatch, scope per API key, in progress, expiry, and
+the key settled in the request's own transaction before its answer leaves."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 from app.clock import FrozenClock
 from app.db import Database
+from app.domain.evidence import service as evidence_service
+from app.domain.idempotency import service as idempotency_service
 from app.domain.idempotency.models import IdempotencyRecord
+from app.domain.idempotency.service import owner_of
+from app.domain.keys.models import ApiKey
+from app.domain.keys.service import hash_key
+from app.errors import DomainError
+from app.gates import DatabaseGates
 from tests.factories import (
     PLEDGE_ID,
     Keys,
@@ -67,9 +80,9 @@ def records(database: Database) -> list[IdempotencyRecord]:
         return rows
 
 
-def scope_of(headers: dict[str, str]) -> str:
-    """How the middleware scopes keys: a hash of the credentials that sent them."""
-    return hashlib.sha256(headers.get("Authorization", "").encode("latin-1")).hexdigest()
+def scope_of(role: str) -> str:
+    """How keys are scoped: per principal (the tests' keys are named after their role)."""
+    return owner_of(f"key:{role}")
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -168,7 +181,7 @@ def test_the_record_keeps_the_first_response(
     first = post_evidence(client, with_key(keys["collector"], "kept-1"))
     (record,) = records(database)
     assert record.key == "kept-1"
-    assert record.scope == scope_of(keys["collector"])
+    assert record.scope == scope_of("collector")
     assert record.state == "done"
     assert record.response_status == 201
     assert record.response_body == first.content
@@ -302,7 +315,7 @@ def test_an_inserted_in_progress_record_blocks_its_key(
     with database.transaction() as session:
         session.add(
             IdempotencyRecord(
-                scope=scope_of(keys["collector"]),
+                scope=scope_of("collector"),
                 key="running-1",
                 request_hash=digest.hexdigest(),
                 state="in_progress",
@@ -325,7 +338,7 @@ def test_a_different_body_while_in_progress_is_422(
     with database.transaction() as session:
         session.add(
             IdempotencyRecord(
-                scope=scope_of(keys["collector"]),
+                scope=scope_of("collector"),
                 key="running-2",
                 request_hash="0" * 64,
                 state="in_progress",
@@ -433,7 +446,7 @@ def test_an_inserted_old_record_is_expired(
     with database.transaction() as session:
         session.add(
             IdempotencyRecord(
-                scope=scope_of(keys["collector"]),
+                scope=scope_of("collector"),
                 key="old-1",
                 request_hash="f" * 64,
                 state="done",
@@ -445,7 +458,7 @@ def test_an_inserted_old_record_is_expired(
         )
         session.add(
             IdempotencyRecord(
-                scope=scope_of(keys["collector"]),
+                scope=scope_of("collector"),
                 key="old-2",
                 request_hash="f" * 64,
                 state="in_progress",
@@ -486,3 +499,214 @@ def test_a_key_of_255_printable_characters_is_fine(client: TestClient, keys: Key
     first = post_evidence(client, headers)
     assert first.status_code == 201, first.text
     assert_replay_of(post_evidence(client, headers), first)
+
+
+# --- settled with the effect, before the answer leaves -----------------------------------------
+
+
+def test_an_anonymous_post_with_a_key_is_401_and_keeps_nothing(
+    client: TestClient, keys: Keys, database: Database
+) -> None:
+    make_pledge(client, keys)
+    problem(post_evidence(client, {"Idempotency-Key": "anon-1"}), 401)
+    unknown = {"Authorization": "Bearer pw_not-a-key", "Idempotency-Key": "anon-1"}
+    problem(post_evidence(client, unknown), 401)
+    assert records(database) == []
+    # Nothing was claimed: the key is still free for the request made with a valid key.
+    assert post_evidence(client, with_key(keys["collector"], "anon-1")).status_code == 201
+
+
+def test_a_forbidden_answer_to_a_known_key_is_kept_and_replayed(
+    client: TestClient, keys: Keys, database: Database
+) -> None:
+    """An authenticated 4xx changed nothing, and is kept like any answer (README: Retries)."""
+    make_pledge(client, keys)
+    headers = with_key(keys["viewer"], "viewer-1")
+    first = post_evidence(client, headers)
+    problem(first, 403)
+    (record,) = records(database)
+    assert (record.scope, record.state, record.response_status) == (scope_of("viewer"), "done", 403)
+    assert_replay_of(post_evidence(client, headers), first)
+    problem(post_evidence(client, headers, 2), 422, "Idempotency-Key")
+
+
+def test_a_server_error_is_not_kept_and_its_retry_runs(
+    client: TestClient, keys: Keys, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_pledge(client, keys)
+    original = evidence_service.add_evidence
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(evidence_service, "add_evidence", original)
+        raise RuntimeError("the first attempt breaks")
+
+    monkeypatch.setattr(evidence_service, "add_evidence", fail_once)
+    headers = with_key(keys["collector"], "broken-1")
+    assert post_evidence(client, headers).status_code == 500
+    assert records(database) == []
+    retry = post_evidence(client, headers)
+    assert retry.status_code == 201, retry.text
+    assert REPLAYED not in retry.headers
+
+
+def test_an_answer_that_cannot_be_committed_is_a_503_and_changes_nothing(
+    client: TestClient, keys: Keys, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 201 is never sent for an effect that did not commit with its key's answer."""
+    make_pledge(client, keys)
+    original = idempotency_service.settle
+
+    def settle_then_fail(session: Session, *args: Any, **kwargs: Any) -> None:
+        original(session, *args, **kwargs)
+        session.execute(text("SELECT * FROM no_such_table"))
+
+    monkeypatch.setattr(idempotency_service, "settle", settle_then_fail)
+    headers = with_key(keys["collector"], "unsaved-1")
+    failed = post_evidence(client, headers)
+    problem(failed, 503)
+    assert int(failed.headers["retry-after"]) >= 1
+    assert records(database) == []
+    assert client.get(f"/api/v1/pledges/{P1}/evidence").json()["items"] == []
+    monkeypatch.setattr(idempotency_service, "settle", original)
+    retry = post_evidence(client, headers)
+    assert retry.status_code == 201, retry.text
+    assert_replay_of(post_evidence(client, headers), retry)
+
+
+class CountingGates(DatabaseGates):
+    """Gates that note how many write admissions are held at once (reads are left out: the
+    app's own pollers read in the background)."""
+
+    def __init__(self, inner: DatabaseGates) -> None:
+        self._inner = inner
+        self.held = 0
+        self.most = 0
+
+    @asynccontextmanager
+    async def admit(self, *, write: bool) -> AsyncIterator[None]:
+        if not write:
+            async with self._inner.admit(write=write):
+                yield
+            return
+        async with self._inner.admit(write=write):
+            self.held += 1
+            self.most = max(self.most, self.held)
+            try:
+                yield
+            finally:
+                self.held -= 1
+
+
+def test_the_admission_is_held_until_the_commit_and_no_second_is_taken(
+    client: TestClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_pledge(client, keys)
+    app_state = client.app.state  # type: ignore[attr-defined]
+    gates = CountingGates(app_state.gates)
+    monkeypatch.setattr(app_state, "gates", gates)
+    held_at_settle: list[int] = []
+    original = idempotency_service.settle
+
+    def noting_settle(*args: Any, **kwargs: Any) -> None:
+        held_at_settle.append(gates.held)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(idempotency_service, "settle", noting_settle)
+    created = post_evidence(client, with_key(keys["collector"], "gated-1"))
+    assert created.status_code == 201
+    assert_replay_of(post_evidence(client, with_key(keys["collector"], "gated-1")), created)
+    # A rolled-back 4xx is kept in a short transaction of its own, admitted after the first.
+    problem(post_evidence(client, with_key(keys["viewer"], "gated-2")), 403)
+    assert held_at_settle == [1, 1]
+    assert gates.most == 1
+    assert gates.held == 0
+
+
+def test_a_retry_while_the_first_request_runs(
+    client: TestClient, keys: Keys, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL answers 409 at once; SQLite's writers take turns, so the retry waits for
+    the first request and replays it. Either way it never runs a second time."""
+    make_pledge(client, keys)
+    running, finish = threading.Event(), threading.Event()
+    original = evidence_service.add_evidence
+
+    def held_open(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(evidence_service, "add_evidence", original)
+        running.set()
+        assert finish.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evidence_service, "add_evidence", held_open)
+    headers = with_key(keys["collector"], "racing-1")
+    with ThreadPoolExecutor(2) as pool:
+        first_call = pool.submit(post_evidence, client, headers)
+        assert running.wait(30)
+        if backend == "postgresql":
+            busy = post_evidence(client, headers)
+            problem(busy, 409)
+            assert busy.headers["retry-after"] == "1"
+            finish.set()
+            first = first_call.result()
+            retry = post_evidence(client, headers)
+        else:
+            retry_call = pool.submit(post_evidence, client, headers)
+            finish.set()
+            first, retry = first_call.result(), retry_call.result()
+    assert first.status_code == 201, first.text
+    assert_replay_of(retry, first)
+    assert len(client.get(f"/api/v1/pledges/{P1}/evidence").json()["items"]) == 1
+
+
+def test_a_retry_with_the_rotated_secret_of_the_same_key_replays(
+    client: TestClient, keys: Keys, database: Database
+) -> None:
+    """Keys are kept per principal (the key's name), not per secret: rotation keeps them."""
+    make_pledge(client, keys)
+    first = post_evidence(client, with_key(keys["collector"], "rotated-1"))
+    assert first.status_code == 201
+    rotated = "pw_rotated-secret-of-the-collector"
+    with database.transaction() as session:
+        session.execute(
+            update(ApiKey).where(ApiKey.name == "collector").values(key_hash=hash_key(rotated))
+        )
+    headers = with_key({"Authorization": f"Bearer {rotated}"}, "rotated-1")
+    assert_replay_of(post_evidence(client, headers), first)
+
+
+class RefusingGates(DatabaseGates):
+    """Gates that refuse every write admission, as busy gates do under overload."""
+
+    def __init__(self, inner: DatabaseGates) -> None:
+        self._inner = inner
+
+    @asynccontextmanager
+    async def admit(self, *, write: bool) -> AsyncIterator[None]:
+        if write:
+            raise Unavailable("the database is busy", headers={"Retry-After": "2"})
+        async with self._inner.admit(write=write):
+            yield
+
+
+class Unavailable(DomainError):
+    status = 503
+    title = "Service unavailable"
+    type_suffix = "unavailable"
+
+
+def test_a_refused_admission_answers_the_refusal_and_keeps_nothing(
+    client: TestClient, keys: Keys, database: Database
+) -> None:
+    make_pledge(client, keys)
+    app_state = client.app.state  # type: ignore[attr-defined]
+    gates = app_state.gates
+    app_state.gates = RefusingGates(gates)
+    try:
+        headers = with_key(keys["collector"], "refused-1")
+        refused = post_evidence(client, headers)
+    finally:
+        app_state.gates = gates
+    problem(refused, 503)
+    assert refused.headers["retry-after"] == "2"
+    assert records(database) == []
+    assert post_evidence(client, headers).status_code == 201
