@@ -710,3 +710,34 @@ def test_a_refused_admission_answers_the_refusal_and_keeps_nothing(
     assert refused.headers["retry-after"] == "2"
     assert records(database) == []
     assert post_evidence(client, headers).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/keys", {"name": "ingest-job", "role": "collector"}),
+        # An address needs no DNS: the webhook's target is checked to be public at creation.
+        ("/api/v1/webhooks", {"url": "https://8.8.8.8/hooks/pledgewatch"}),
+    ],
+)
+def test_an_answer_holding_a_secret_is_never_kept_and_its_retry_says_where_the_result_is(
+    client: TestClient, keys: Keys, database: Database, path: str, body: dict[str, Any]
+) -> None:
+    listed_before = len(client.get(path, headers=keys["admin"]).json()["items"])
+    headers = with_key(keys["admin"], "make-a-secret-once")
+    first = client.post(path, json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    shown = first.json()["secret"]
+
+    stored = records(database)
+    assert len(stored) == 1
+    assert stored[0].response_status == 201
+    assert stored[0].response_body == b""
+    assert shown not in json.dumps(stored[0].response_headers)
+
+    retry = client.post(path, json=body, headers=headers)
+    assert problem(retry, 409)["type"].endswith("idempotency-answer-withheld")
+    assert retry.headers["location"] == first.headers["location"]
+    assert shown not in retry.text
+    # One effect: the retry made no second key or subscription.
+    assert len(client.get(path, headers=keys["admin"]).json()["items"]) == listed_before + 1

@@ -58,6 +58,23 @@ class RequestInProgress(KeyRefusal):
         )
 
 
+class AnswerWithheld(KeyRefusal):
+    """The first request succeeded, but its answer showed a secret once and was not kept."""
+
+    status = 409
+    title = "Answer not kept"
+    type_suffix = "idempotency-answer-withheld"
+
+    def __init__(self, first_status: int, location: str | None) -> None:
+        where = f" ({location})" if location else ""
+        super().__init__(
+            f"the first request with this Idempotency-Key succeeded with {first_status}{where}, "
+            "but its answer held a secret that is shown only once and never stored; if it was "
+            "lost, rotate the key or replace the webhook",
+            headers={"Location": location} if location else None,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredAnswer:
     """A response as kept for replay: status, the headers that belong to it, and the body."""
@@ -76,6 +93,19 @@ class StoredAnswer:
             if not _per_delivery(name.decode("latin-1").lower())
         ]
         return cls(status=status, headers=headers, body=body)
+
+    @property
+    def holds_secret(self) -> bool:
+        """An answer marked ``no-store`` (a new API key, a webhook's secret): its body must
+        never rest in the database, so only its status and headers are kept."""
+        return any(
+            name.lower() == "cache-control" and "no-store" in value.lower()
+            for name, value in self.headers
+        )
+
+    @property
+    def location(self) -> str | None:
+        return next((value for name, value in self.headers if name.lower() == "location"), None)
 
 
 def _per_delivery(name: str) -> bool:
@@ -178,7 +208,8 @@ def settle(session: Session, record: IdempotencyRecord, answer: StoredAnswer | N
         record.state = DONE
         record.response_status = answer.status
         record.response_headers = answer.headers
-        record.response_body = answer.body
+        # A secret is shown once: its answer is remembered as given, never kept to replay.
+        record.response_body = b"" if answer.holds_secret else answer.body
     session.flush()
 
 
@@ -242,8 +273,11 @@ def _reset(record: IdempotencyRecord, request_hash: str, now: datetime) -> None:
 
 def _answer_of(record: IdempotencyRecord) -> StoredAnswer:
     assert record.response_status is not None
-    return StoredAnswer(
+    answer = StoredAnswer(
         status=record.response_status,
         headers=record.response_headers or [],
         body=record.response_body or b"",
     )
+    if answer.holds_secret:
+        raise AnswerWithheld(answer.status, answer.location)
+    return answer
