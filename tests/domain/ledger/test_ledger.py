@@ -20,6 +20,7 @@ from app.domain.ledger.canonical import GENESIS
 from app.domain.ledger.service import read_head, record, verify
 from app.domain.status.revision import claim_revision
 from app.domain.webhooks.models import Webhook
+from app.pagination import encode_cursor
 from tests.domain.proposals.support import (
     DUE,
     add_evidence,
@@ -274,12 +275,45 @@ def test_ledger_pages_by_after_and_by_cursor(client: TestClient, keys: Keys) -> 
         ({"limit": "1001"}, "limit"),
         ({"cursor": "not-ours"}, "cursor"),
         ({"after": "1", "cursor": "WzFd"}, "cursor"),
+        # Past 64-bit integers, or past the largest seq taken: refused, never a database error.
+        ({"after": str(2**63)}, "after"),
+        ({"after": "9" * 5000}, "after"),
+        ({"cursor": encode_cursor(2**63)}, "cursor"),
+        ({"cursor": encode_cursor(2**70)}, "cursor"),
+        ({"cursor": encode_cursor(2**62 + 1)}, "cursor"),
+        ({"cursor": encode_cursor(-1)}, "cursor"),
+        ({"cursor": encode_cursor(True)}, "cursor"),
+        ({"cursor": encode_cursor("7")}, "cursor"),
     ],
 )
 def test_bad_ledger_queries_are_422_naming_the_field(
     client: TestClient, params: dict[str, str], field: str
 ) -> None:
     assert field in invalid_fields(client.get(f"{API}/ledger", params=params))
+
+
+def test_the_largest_seq_accepted_is_an_empty_page(client: TestClient, keys: Keys) -> None:
+    new_pledge(client, keys, P)
+    for params in ({"after": 2**62}, {"cursor": encode_cursor(2**62)}):
+        assert read_json(client, f"{API}/ledger", **params) == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("key", [str(2**31), str(2**64), "9" * 150, "-1", "\u0661"])
+def test_an_entry_naming_an_impossible_id_is_a_malformed_subject_not_an_error(
+    client: TestClient, keys: Keys, database: Database, clock: FrozenClock, key: str
+) -> None:
+    new_pledge(client, keys, P)
+    add_evidence(client, keys, P)
+    with database.transaction() as session:
+        session.execute(
+            text("UPDATE ledger_entry SET subject = :s WHERE subject = 'evidence:1'"),
+            {"s": f"evidence:{key}"},
+        )
+    body = verified_afresh(client, clock)
+    assert body["ok"] is False
+    assert {"subject": f"evidence:{key}", "reason": "malformed subject"} in [
+        {"subject": p["subject"], "reason": p["reason"]} for p in body["problems"]
+    ]
 
 
 # --- Tampering: each kind of row, changed or removed behind the API's back -----------------
