@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app.domain.evidence.models import EvidenceMonth, GradeDates, SourceTally
 from app.domain.evidence.service import LinkCounts, link_counts
 from app.domain.evidence.timeline import expected_months, tally_rows
-from app.domain.evidence.verification import AGREEING_KEYS, LevelDates, SourceCount, grade
+from app.domain.evidence.verification import AGREEING_KEYS, SourceCount, grade
 from app.domain.evidence.verification import level_dates as dates_reached
 from app.domain.ledger.service import Problem
 from app.domain.pledges.models import Pledge
@@ -35,6 +35,8 @@ PAGE = 200
 _TALLY_KEY = ("stance", "source_type", "reliability", "source_name")
 _TALLY_VALUES = ("links", "targets_met", "first_at", "first_met_at")
 _MONTH_VALUES = ("links", "through", "latest_at")
+_DATES = ("claimed_at", "corroborated_at", "verified_at")
+_NO_DATES = (None, None, None)
 
 
 def verify_derived(
@@ -73,23 +75,19 @@ def _check_page(session: Session, page: Sequence[Any], problems: list[Problem]) 
     ids = [row.id for row in page]
     statuses = current_statuses(session, ids)
     counts = link_counts(session, ids)
-    tallies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    tallies: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    sources: dict[str, list[SourceCount]] = defaultdict(list)
     for tally in tally_rows(session, ids):
-        tallies[tally["pledge_id"]].append(tally)
-    sources = {
-        pledge_id: [SourceCount(**_without_pledge(row)) for row in rows]
-        for pledge_id, rows in tallies.items()
-    }
+        values = tuple(tally[name] for name in _TALLY_VALUES)
+        key = tuple(tally[name] for name in _TALLY_KEY)
+        tallies[(tally["pledge_id"], *key)] = values
+        sources[tally["pledge_id"]].append(SourceCount(*key, *values))
     for row in page:
         counted = counts.get(row.id, LinkCounts())
         _check_pledge(row, statuses.get(row.id), counted, sources, problems)
     _check_tallies(session, ids, tallies, problems)
     _check_grade_dates(session, ids, sources, problems)
     _check_months(session, ids, problems)
-
-
-def _without_pledge(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in row.items() if name != "pledge_id"}
 
 
 def _problem(pledge_id: str, reason: str) -> Problem:
@@ -133,23 +131,20 @@ def _check_pledge(
 def _check_tallies(
     session: Session,
     ids: list[str],
-    expected: Mapping[str, list[dict[str, Any]]],
+    made: Mapping[tuple[Any, ...], tuple[Any, ...]],
     problems: list[Problem],
 ) -> None:
-    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in session.execute(select(SourceTally).where(SourceTally.pledge_id.in_(ids))).scalars():
-        key = (row.pledge_id, *(getattr(row, name) for name in _TALLY_KEY))
-        kept[key] = {name: getattr(row, name) for name in _TALLY_VALUES}
-    made = {
-        (pledge_id, *(row[name] for name in _TALLY_KEY)): {
-            name: row[name] for name in _TALLY_VALUES
-        }
-        for pledge_id, rows in expected.items()
-        for row in rows
+    columns = [SourceTally.pledge_id, *(SourceTally.__table__.c[name] for name in _TALLY_KEY)]
+    values = [SourceTally.__table__.c[name] for name in _TALLY_VALUES]
+    kept = {
+        tuple(row[: len(columns)]): tuple(row[len(columns) :])
+        for row in session.execute(select(*columns, *values).where(SourceTally.pledge_id.in_(ids)))
     }
     for key, kept_values, made_values in _differences(kept, made):
         label = "source_tally (" + ", ".join(repr(part) for part in key[1:]) + ")"
-        problems.append(_problem(key[0], _difference(label, kept_values, made_values)))
+        problems.append(
+            _problem(key[0], _difference(label, _TALLY_VALUES, kept_values, made_values))
+        )
 
 
 def _check_grade_dates(
@@ -158,67 +153,81 @@ def _check_grade_dates(
     sources: Mapping[str, list[SourceCount]],
     problems: list[Problem],
 ) -> None:
-    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in session.execute(select(GradeDates).where(GradeDates.pledge_id.in_(ids))).scalars():
-        dates = LevelDates(row.claimed_at, row.corroborated_at, row.verified_at)
+    kept: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in session.execute(
+        select(
+            GradeDates.pledge_id,
+            GradeDates.agreeing,
+            GradeDates.claimed_at,
+            GradeDates.corroborated_at,
+            GradeDates.verified_at,
+        ).where(GradeDates.pledge_id.in_(ids))
+    ):
+        dates = tuple(row[2:])
         # A row of no dates says what a missing row says: no level reached yet.
-        if dates != LevelDates() or row.agreeing not in AGREEING_KEYS:
-            kept[(row.pledge_id, row.agreeing)] = _dates(dates)
-    made: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if dates != _NO_DATES or row.agreeing not in AGREEING_KEYS:
+            kept[(row.pledge_id, row.agreeing)] = dates
+    made: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for pledge_id in ids:
         for agreeing, stances in AGREEING_KEYS.items():
-            dates = dates_reached(stances, sources.get(pledge_id, []))
-            if dates != LevelDates():
-                made[(pledge_id, agreeing)] = _dates(dates)
+            reached = dates_reached(stances, sources.get(pledge_id, []))
+            dates = (reached.claimed_at, reached.corroborated_at, reached.verified_at)
+            if dates != _NO_DATES:
+                made[(pledge_id, agreeing)] = dates
     for key, kept_values, made_values in _differences(kept, made):
         label = f"grade_dates ({key[1]!r})"
-        problems.append(_problem(key[0], _difference(label, kept_values, made_values)))
-
-
-def _dates(dates: LevelDates) -> dict[str, Any]:
-    return {
-        "claimed_at": dates.claimed_at,
-        "corroborated_at": dates.corroborated_at,
-        "verified_at": dates.verified_at,
-    }
+        problems.append(_problem(key[0], _difference(label, _DATES, kept_values, made_values)))
 
 
 def _check_months(session: Session, ids: list[str], problems: list[Problem]) -> None:
     kept = {
-        (row.pledge_id, row.month): {name: getattr(row, name) for name in _MONTH_VALUES}
+        (row[0], row[1]): tuple(row[2:])
         for row in session.execute(
-            select(EvidenceMonth).where(EvidenceMonth.pledge_id.in_(ids))
-        ).scalars()
+            select(
+                EvidenceMonth.pledge_id,
+                EvidenceMonth.month,
+                EvidenceMonth.links,
+                EvidenceMonth.through,
+                EvidenceMonth.latest_at,
+            ).where(EvidenceMonth.pledge_id.in_(ids))
+        )
     }
     made = {
-        (row["pledge_id"], row["month"]): {name: row[name] for name in _MONTH_VALUES}
+        (row["pledge_id"], row["month"]): tuple(row[name] for name in _MONTH_VALUES)
         for row in expected_months(session, ids)
     }
     for key, kept_values, made_values in _differences(kept, made):
         label = f"evidence_month {key[1]}"
-        problems.append(_problem(key[0], _difference(label, kept_values, made_values)))
+        problems.append(
+            _problem(key[0], _difference(label, _MONTH_VALUES, kept_values, made_values))
+        )
+
+
+Row = tuple[Any, ...]
 
 
 def _differences(
-    kept: Mapping[tuple[Any, ...], dict[str, Any]],
-    made: Mapping[tuple[Any, ...], dict[str, Any]],
-) -> Iterable[tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]]:
+    kept: Mapping[Row, Row], made: Mapping[Row, Row]
+) -> Iterable[tuple[Row, Row | None, Row | None]]:
     """Each key whose kept row differs from the row the facts make (None: no such row)."""
-    for key in sorted(set(kept) | set(made), key=lambda key: tuple(map(str, key))):
-        if kept.get(key) != made.get(key):
-            yield key, kept.get(key), made.get(key)
+    differing = [key for key, values in made.items() if kept.get(key) != values]
+    differing.extend(key for key in kept if key not in made)
+    for key in sorted(differing, key=lambda key: tuple(map(str, key))):
+        yield key, kept.get(key), made.get(key)
 
 
-def _difference(label: str, kept: dict[str, Any] | None, made: dict[str, Any] | None) -> str:
+def _difference(label: str, names: tuple[str, ...], kept: Row | None, made: Row | None) -> str:
     if kept is None:
-        return f"{label} is missing; its accepted links make {_values(made)}"
+        return f"{label} is missing; its accepted links make {_values(names, made)}"
     if made is None:
-        return f"{label} says {_values(kept)} but no accepted link makes it"
-    return f"{label} says {_values(kept)} but its accepted links make {_values(made)}"
+        return f"{label} says {_values(names, kept)} but no accepted link makes it"
+    return f"{label} says {_values(names, kept)} but its accepted links make {_values(names, made)}"
 
 
-def _values(values: dict[str, Any] | None) -> str:
-    return ", ".join(f"{name}={_shown(value)}" for name, value in (values or {}).items())
+def _values(names: tuple[str, ...], values: Row | None) -> str:
+    return ", ".join(
+        f"{name}={_shown(value)}" for name, value in zip(names, values or (), strict=True)
+    )
 
 
 def _shown(value: Any) -> str:
