@@ -225,12 +225,12 @@ def keys_rotate(
 
 @ledger_app.command("verify")
 def ledger_verify() -> None:
-    """Recompute the chain and compare every row with its latest entry; exit 1 if anything is
-    wrong, naming the first bad entry and the row it concerns."""
+    """Recompute the chain, compare every row with its latest entry and recompute each pledge's
+    derived state; exit 1 if anything is wrong, naming the first bad entry and the row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from app.db import Database
-    from app.domain.ledger.service import read_head, verify_database
+    from app.domain.ledger.service import Problem, read_head, verify_database
 
     database = Database(get_settings().database_url, pool_size=1)
     try:
@@ -254,13 +254,15 @@ def ledger_verify() -> None:
         return
     first = verdict.first_bad
     assert first is not None
-    where = f"entry {first.seq}" if first.seq is not None else "a row with no entry"
-    err.print(
-        f"[red]ledger NOT ok[/red]: first bad: {where}, "
-        f"{escape(first.subject or '(no subject)')}: {escape(first.reason)}"
-    )
-    for problem in verdict.problems[1:20]:
-        err.print(f"  also: seq {problem.seq}, {escape(problem.subject or '')}: {problem.reason}")
+
+    def described(problem: Problem) -> str:
+        # Derived state (a pledge's status, counts, summaries) is no entry's: no seq to name.
+        where = f"entry {problem.seq}, " if problem.seq is not None else ""
+        return f"{where}{escape(problem.subject or '(no subject)')}: {escape(problem.reason)}"
+
+    err.print(f"[red]ledger NOT ok[/red]: first bad: {described(first)}")
+    for problem in [p for p in verdict.problems if p is not first][:19]:
+        err.print(f"  also: {described(problem)}")
     raise typer.Exit(1)
 
 

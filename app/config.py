@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
     deliver_every_seconds: float = Field(default=5.0, gt=0)
 
+    # GET /ledger/verify runs one verification at a time per process, in its own thread and
+    # connection. Its verdict is answered again while the ledger head stays the same, for
+    # at most this long (a row changed behind the API's back moves no head; 0: never
+    # reused). A pause between pages leaves the database and CPU to requests (0: none).
+    ledger_verify_reuse_seconds: float = Field(default=600.0, ge=0)
+    ledger_verify_pause_ms: int = Field(default=0, ge=0, le=60_000)
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:

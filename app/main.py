@@ -28,6 +28,7 @@ from app.domain.idempotency.sweeper import ExpiredKeySweeper
 from app.domain.keys.directory import KeyDirectory
 from app.domain.keys.router import router as keys_router
 from app.domain.ledger.router import router as ledger_router
+from app.domain.ledger.verifier import LedgerVerifier
 from app.domain.pledges.router import router as pledges_router
 from app.domain.proposals.router import router as proposals_router
 from app.domain.sources.router import router as sources_router
@@ -110,7 +111,13 @@ def create_app(
             settings.status_cache_entries, max_bytes=settings.status_cache_mb * 1024 * 1024
         )
         app.state.status_builds = threading.BoundedSemaphore(settings.status_builds)
-        app.state.ledger_verify_lock = threading.Lock()
+        # GET /ledger/verify: one run at a time, in its own thread and on its own connection.
+        app.state.ledger_verifier = LedgerVerifier.on_database(
+            app.state.database.url,
+            clock=app.state.clock,
+            reuse_seconds=settings.ledger_verify_reuse_seconds,
+            pause_seconds=settings.ledger_verify_pause_ms / 1000,
+        )
         app.state.fetcher = SafeFetcher(
             allow_private=settings.allow_private_source_hosts,
             clock=app.state.clock,
@@ -152,6 +159,7 @@ def create_app(
             await app.state.idempotency_sweeper.stop()
             await app.state.events.stop()
             await app.state.keys.stop()
+            await app.state.ledger_verifier.close()
             if app.state.scheduler is not None:
                 await asyncio.to_thread(app.state.scheduler.stop)
             app.state.fetcher.close()

@@ -86,3 +86,23 @@ WEBHOOK_ATTEMPTS = Counter(
     "later; failed: failed for the last time).",
     ["outcome"],
 )
+LEDGER_VERIFY_RUNS = Counter(
+    "pledgewatch_ledger_verify_runs_total",
+    "Ledger verifications run for GET /ledger/verify, by outcome (ok, not_ok, cancelled: "
+    "every requester left, failed).",
+    ["outcome"],
+)
+LEDGER_VERIFY_RUNNING = Gauge(
+    "pledgewatch_ledger_verify_running",
+    "1 while a ledger verification runs in this process (at most one at a time).",
+)
+LEDGER_VERIFY_WAITERS = Gauge(
+    "pledgewatch_ledger_verify_waiters",
+    "Requests waiting for the ledger verification under way in this process.",
+)
+LEDGER_VERIFY_ANSWERS = Counter(
+    "pledgewatch_ledger_verify_answers_total",
+    "Answers of GET /ledger/verify, by how they were made (reused: a kept verdict of the "
+    "same head; run: waited for a run; not_modified: 304; gone: the client left first).",
+    ["how"],
+)

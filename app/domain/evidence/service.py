@@ -779,25 +779,59 @@ def review_link(
     return link_out(link)
 
 
+@dataclass(frozen=True, slots=True)
+class LinkCounts:
+    """What a pledge's links add up to: the counters its row keeps current."""
+
+    accepted: int = 0
+    unreviewed: int = 0
+    # The latest publication among the accepted links.
+    last_accepted_at: datetime | None = None
+
+
+def link_counts(session: Session, pledge_ids: Sequence[str]) -> dict[str, LinkCounts]:
+    """Count the accepted and unreviewed links of ``pledge_ids`` (index ranges, not a scan).
+
+    A pledge with no such link is left out (its counts are ``LinkCounts()``).
+    """
+    counts: dict[str, LinkCounts] = {}
+    ids = sorted(set(pledge_ids))
+    for start in range(0, len(ids), 500):
+        found: dict[str, dict[str, Any]] = defaultdict(dict)
+        for row in session.execute(
+            select(
+                EvidenceLink.pledge_id,
+                EvidenceLink.review,
+                func.count(),
+                func.max(EvidenceLink.published_at),
+            )
+            .where(
+                EvidenceLink.pledge_id.in_(ids[start : start + 500]),
+                EvidenceLink.review.in_(("accepted", "unreviewed")),
+            )
+            .group_by(EvidenceLink.pledge_id, EvidenceLink.review)
+        ):
+            found[row[0]][row[1]] = (row[2], row[3])
+        for pledge_id, by_review in found.items():
+            accepted, last_accepted_at = by_review.get("accepted", (0, None))
+            counts[pledge_id] = LinkCounts(
+                accepted=accepted,
+                unreviewed=by_review.get("unreviewed", (0, None))[0],
+                last_accepted_at=last_accepted_at,
+            )
+    return counts
+
+
 def _recount(session: Session, pledge_id: str) -> None:
-    """Recount one pledge's accepted and unreviewed links (an index range, not a table scan)."""
-    accepted = session.execute(
-        select(func.count(), func.max(EvidenceLink.published_at)).where(
-            EvidenceLink.pledge_id == pledge_id, EvidenceLink.review == "accepted"
-        )
-    ).one()
-    unreviewed = session.scalar(
-        select(func.count()).where(
-            EvidenceLink.pledge_id == pledge_id, EvidenceLink.review == "unreviewed"
-        )
-    )
+    """Recount one pledge's accepted and unreviewed links into its row."""
+    counts = link_counts(session, [pledge_id]).get(pledge_id, LinkCounts())
     session.execute(
         update(Pledge)
         .where(Pledge.id == pledge_id)
         .values(
-            evidence_count=accepted[0],
-            last_evidence_at=accepted[1],
-            unreviewed_count=unreviewed or 0,
+            evidence_count=counts.accepted,
+            last_evidence_at=counts.last_accepted_at,
+            unreviewed_count=counts.unreviewed,
         )
         .execution_options(synchronize_session=False)
     )

@@ -131,33 +131,47 @@ def _accepted_links(
             yield row.pledge_id, row.published_at
 
 
-def rebuild_months(session: Session, pledge_ids: Sequence[str] | None) -> None:
-    """Recompute the monthly rows of ``pledge_ids`` (``None``: every pledge) from their links."""
-    table: Table = EvidenceMonth.__table__  # type: ignore[assignment]
-    _delete_rows(session, table, pledge_ids)
-    batch: list[dict[str, Any]] = []
+def month_rows(links: Iterable[tuple[str, datetime]]) -> Iterator[dict[str, Any]]:
+    """The ``EvidenceMonth`` rows that accepted links make, given each pledge's links in
+    date order (pledge id, published_at): one per pledge and month, in that order."""
     current: dict[str, Any] | None = None
     total, pledge = 0, None
-    for pledge_id, published_at in _accepted_links(session, pledge_ids):
+    for pledge_id, published_at in links:
         if pledge_id != pledge:
             pledge, total = pledge_id, 0
         month = month_of(published_at)
         total += 1
         if current is None or current["pledge_id"] != pledge_id or current["month"] != month:
+            if current is not None:
+                yield current
             current = {
                 "pledge_id": pledge_id,
                 "month": month,
                 "links": 0,
                 "latest_at": published_at,
             }
-            batch.append(current)
         current["links"] += 1
         current["through"] = total
         current["latest_at"] = max(current["latest_at"], published_at)
-        if len(batch) > 5_000:
-            # The last row may still grow: write everything before it.
-            session.execute(insert(table), batch[:-1])
-            batch = batch[-1:]
+    if current is not None:
+        yield current
+
+
+def expected_months(session: Session, pledge_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The ``EvidenceMonth`` rows of ``pledge_ids`` as their accepted links make them now."""
+    return month_rows(_accepted_links(session, pledge_ids))
+
+
+def rebuild_months(session: Session, pledge_ids: Sequence[str] | None) -> None:
+    """Recompute the monthly rows of ``pledge_ids`` (``None``: every pledge) from their links."""
+    table: Table = EvidenceMonth.__table__  # type: ignore[assignment]
+    _delete_rows(session, table, pledge_ids)
+    batch: list[dict[str, Any]] = []
+    for row in month_rows(_accepted_links(session, pledge_ids)):
+        batch.append(row)
+        if len(batch) >= 5_000:
+            session.execute(insert(table), batch)
+            batch = []
     if batch:
         session.execute(insert(table), batch)
 
@@ -193,18 +207,17 @@ def link_tallies(*conditions: ColumnElement[bool]) -> Select[*tuple[Any, ...]]:
     )
 
 
-def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
-    """Recompute the source tallies of ``pledge_ids`` (``None``: every pledge) from their links."""
-    table: Table = SourceTally.__table__  # type: ignore[assignment]
-    _delete_rows(session, table, pledge_ids)
+def tally_rows(session: Session, pledge_ids: Sequence[str] | None) -> Iterator[dict[str, Any]]:
+    """The ``source_tally`` rows of ``pledge_ids`` (``None``: every pledge) as their accepted
+    links make them now."""
     query = link_tallies()
     ids = None if pledge_ids is None else sorted(set(pledge_ids))
     chunks = [None] if ids is None else [ids[s : s + _CHUNK] for s in range(0, len(ids), _CHUNK)]
     columns = ("pledge_id", "stance", "source_type", "reliability", "source_name")
     for chunk in chunks:
         chunk_query = query if chunk is None else query.where(EvidenceLink.pledge_id.in_(chunk))
-        rows = [
-            dict(
+        for row in session.execute(chunk_query):
+            yield dict(
                 zip(columns, row[:5], strict=True),
                 links=row[5],
                 targets_met=int(row[6] or 0),
@@ -212,10 +225,20 @@ def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
                 first_at=_instant(row[7]),
                 first_met_at=_instant(row[8]),
             )
-            for row in session.execute(chunk_query)
-        ]
-        for start in range(0, len(rows), 5_000):
-            session.execute(insert(table), rows[start : start + 5_000])
+
+
+def rebuild_tallies(session: Session, pledge_ids: Sequence[str] | None) -> None:
+    """Recompute the source tallies of ``pledge_ids`` (``None``: every pledge) from their links."""
+    table: Table = SourceTally.__table__  # type: ignore[assignment]
+    _delete_rows(session, table, pledge_ids)
+    batch: list[dict[str, Any]] = []
+    for row in tally_rows(session, pledge_ids):
+        batch.append(row)
+        if len(batch) >= 5_000:
+            session.execute(insert(table), batch)
+            batch = []
+    if batch:
+        session.execute(insert(table), batch)
 
 
 def _instant(value: datetime | str | None) -> datetime | None:

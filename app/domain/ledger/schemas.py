@@ -30,7 +30,11 @@ class LedgerPage(BaseModel):
 
 
 class VerifyProblem(BaseModel):
-    seq: int | None = Field(description="The entry concerned; null for a row with no entry.")
+    seq: int | None = Field(
+        description="The entry concerned; null for a row with no entry, and for a pledge's "
+        "derived state (status, verification, counts, summaries) that its history and "
+        "evidence do not make."
+    )
     subject: str | None
     reason: str
 

@@ -173,6 +173,8 @@ class Verdict:
     length: int
     head: str
     problems: list[Problem] = field(default_factory=list)
+    # The head the revision row records: what readers are told the ledger ends at.
+    recorded: Head | None = None
 
     @property
     def first_bad(self) -> Problem | None:
@@ -184,9 +186,19 @@ class Verdict:
 
 _MAX_PROBLEMS = 100
 
+Checkpoint = Callable[[], None]
+"""Called between pages of a verification; it may raise to stop it (see ``verifier``)."""
+
+
+def _carry_on() -> None:
+    return None
+
 
 def verify_database(
-    database: Database, *, progress: Callable[[int], None] | None = None
+    database: Database,
+    *,
+    progress: Callable[[int], None] | None = None,
+    checkpoint: Checkpoint = _carry_on,
 ) -> Verdict:
     """Verify in one consistent snapshot of the database, whatever is being written meanwhile.
 
@@ -197,21 +209,32 @@ def verify_database(
         if database.dialect == "postgresql":
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         try:
-            return verify(session, progress=progress)
+            return verify(session, progress=progress, checkpoint=checkpoint)
         finally:
             session.rollback()
 
 
-def verify(session: Session, *, progress: Callable[[int], None] | None = None) -> Verdict:
-    """Recompute the chain, then compare every subject's latest entry with its row today.
+def verify(
+    session: Session,
+    *,
+    progress: Callable[[int], None] | None = None,
+    checkpoint: Checkpoint = _carry_on,
+) -> Verdict:
+    """Recompute the chain, compare every subject's latest entry with its row today, then
+    recompute the derived state readers are shown from those rows.
 
     Finds an entry edited, removed or reordered (the chain breaks there), a head
     that does not match the chain's end (entries cut off the tail), a row changed,
-    deleted or inserted behind the API's back. Memory stays flat: entries and rows
-    are streamed in chunks.
+    deleted or inserted behind the API's back, and a pledge's kept status,
+    verification, counters or summaries that its history and links do not make
+    (``derived``). Memory stays flat: everything is read in pages, and
+    ``checkpoint`` is called between them.
     """
+    # Imported here: the derived state is computed by services that record into the ledger.
+    from app.domain.ledger.derived import verify_derived
+
     problems: list[Problem] = []
-    length, running = _verify_chain(session, problems, progress)
+    length, running = _verify_chain(session, problems, progress, checkpoint)
     recorded = read_head(session)
     if (recorded.length, recorded.hash) != (length, running):
         problems.append(
@@ -227,18 +250,28 @@ def verify(session: Session, *, progress: Callable[[int], None] | None = None) -
     for subject_type in SUBJECT_TYPES.values():
         if len(problems) >= _MAX_PROBLEMS:
             break
-        _verify_rows(session, subject_type, problems)
-        _verify_deletions(session, subject_type, problems)
+        _verify_rows(session, subject_type, problems, checkpoint)
+        _verify_deletions(session, subject_type, problems, checkpoint)
+    verify_derived(session, problems, checkpoint=checkpoint, limit=_MAX_PROBLEMS)
     problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
-    return Verdict(ok=not problems, length=length, head=running, problems=problems[:_MAX_PROBLEMS])
+    return Verdict(
+        ok=not problems,
+        length=length,
+        head=running,
+        problems=problems[:_MAX_PROBLEMS],
+        recorded=recorded,
+    )
 
 
 def _verify_chain(
-    session: Session, problems: list[Problem], progress: Callable[[int], None] | None
+    session: Session,
+    problems: list[Problem],
+    progress: Callable[[int], None] | None,
+    checkpoint: Checkpoint,
 ) -> tuple[int, str]:
     expected_seq, running = 1, GENESIS
     broken = False
-    for entry in _stream_entries(session):
+    for entry in _stream_entries(session, checkpoint):
         if not broken:
             reason = None
             if entry.seq != expected_seq:
@@ -270,9 +303,10 @@ def _verify_chain(
     return expected_seq - 1, running
 
 
-def _stream_entries(session: Session) -> Iterator[Any]:
+def _stream_entries(session: Session, checkpoint: Checkpoint) -> Iterator[Any]:
     last = 0
     while True:
+        checkpoint()
         batch = session.execute(
             select(
                 LedgerEntry.seq,
@@ -313,8 +347,11 @@ def _latest_entries(session: Session, subjects: Sequence[str]) -> dict[str, Any]
     return latest
 
 
-def _verify_rows(session: Session, subject_type: SubjectType, problems: list[Problem]) -> None:
+def _verify_rows(
+    session: Session, subject_type: SubjectType, problems: list[Problem], checkpoint: Checkpoint
+) -> None:
     for payloads in subject_type.chunks(session):
+        checkpoint()
         subjects = {subject_type.subject(key): key for key in payloads}
         latest = _latest_entries(session, list(subjects))
         for subject, key in subjects.items():
@@ -344,12 +381,15 @@ def _verify_rows(session: Session, subject_type: SubjectType, problems: list[Pro
                 return
 
 
-def _verify_deletions(session: Session, subject_type: SubjectType, problems: list[Problem]) -> None:
+def _verify_deletions(
+    session: Session, subject_type: SubjectType, problems: list[Problem], checkpoint: Checkpoint
+) -> None:
     """Subjects the ledger holds whose rows are gone without a deletion entry."""
     prefix = f"{subject_type.name}:"
     last = ""
     key_column = subject_type.table.c[subject_type.key]
     while True:
+        checkpoint()
         rows = session.execute(
             select(LedgerEntry.subject, func.max(LedgerEntry.seq).label("seq"))
             .where(LedgerEntry.subject.startswith(prefix, autoescape=True))

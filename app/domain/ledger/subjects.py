@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import BigInteger, Table, select
 from sqlalchemy.orm import Session
 
 from app.domain.evidence.models import Evidence, EvidenceLink
@@ -48,9 +48,20 @@ class SubjectType:
         return f"{self.name}:{key}"
 
     def parse_key(self, text: str) -> Any:
-        """The key of a subject string's row, typed as the table's key column."""
+        """The key of a subject string's row, typed as the table's key column.
+
+        ValueError when ``text`` is no such key: an integer key must also fit its column,
+        or the lookup would fail in the database instead of finding nothing.
+        """
         column = self.table.c[self.key]
-        return int(text) if column.type.python_type is int else text
+        if column.type.python_type is not int:
+            return text
+        if not text.isascii() or not text.isdigit():
+            raise ValueError(f"{text!r} is not an id")
+        key = int(text)
+        if key > (2**63 - 1 if isinstance(column.type, BigInteger) else 2**31 - 1):
+            raise ValueError(f"{text!r} is out of range")
+        return key
 
     def _build(self, session: Session, rows: Sequence[Any]) -> dict[Any, Payload]:
         keys = [row[self.key] for row in rows]
