@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 # Constraint names are part of the schema Alembic compares and migrates; a fixed
@@ -154,6 +155,15 @@ class Database:
             url, pool_size=pool_size, sqlite_busy_seconds=sqlite_busy_seconds
         )
         self.dialect = self.engine.dialect.name
+        # Health checks connect on their own: under load every pooled connection may be
+        # busy, and "does the database answer" must not wait for one of them.
+        self._probe_engine = create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"timeout": 5}
+            if is_sqlite(url)
+            else {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
+        )
         write_bind = self.engine.execution_options(sqlite_immediate=True)
         self._readers = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._writers = sessionmaker(bind=write_bind, expire_on_commit=False)
@@ -174,5 +184,10 @@ class Database:
         finally:
             session.close()
 
+    def probe(self) -> Connection:
+        """A new connection of its own, for a health check (close it, or use ``with``)."""
+        return self._probe_engine.connect()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        self._probe_engine.dispose()
