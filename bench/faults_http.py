@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client on asyncio streams, for offering load faster than it is answered.
 
-httpx spends about a millisecond of CPU per request; at ten times what the server
-sustains, on the same two cores, the client would be the bottleneck and the load would
-not be offered. Here a request is bytes built in advance and an answer is its status
+A general client such as httpx builds full request and response objects; at ten times
+what the server sustains, on the same two cores, it would be the bottleneck and the load
+would not be offered. Here a request is bytes built in advance and an answer is its status
 line and headers (the body is read and dropped), over keep-alive connections that are
 opened as needed up to a cap.
 """

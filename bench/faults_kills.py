@@ -67,6 +67,7 @@ class Tally:
     retries: int = 0
     replays: int = 0
     differing: list[str] = field(default_factory=list)
+    differing_statuses: Counter[int] = field(default_factory=Counter)
     rerun_batches: set[str] = field(default_factory=set)
     refused_items: int = 0
     settled: int = 0
@@ -117,6 +118,7 @@ async def post_until_answered(
             if batch.first is not None and response.status_code == 409:
                 # Answered already, yet "in progress": not the first answer replayed.
                 tally.differing.append(f"{batch.key}: 409 after a {batch.first_status}")
+                tally.differing_statuses[409] += 1
             tally.retries += 1
             await asyncio.sleep(_retry_after(response))
             continue
@@ -130,9 +132,9 @@ def _settle(batch: Batch, response: httpx.Response, tally: Tally, *, replay: boo
         batch.first, batch.first_status = response.content, response.status_code
         tally.settled += 1
         if response.status_code == 200:
-            results = response.json()["results"]
-            if any(result["status"] == 200 for result in results):
+            if _calls_known(response):
                 tally.rerun_batches.add(batch.key)
+            results = response.json()["results"]
             tally.refused_items += sum(result["status"] == 422 for result in results)
         else:
             tally.refused_items += len(batch.urls)
@@ -141,6 +143,14 @@ def _settle(batch: Batch, response: httpx.Response, tally: Tally, *, replay: boo
         tally.replays += 1
     if response.status_code != batch.first_status or response.content != batch.first:
         tally.differing.append(f"{batch.key}: {response.status_code} {response.content[:120]!r}")
+        tally.differing_statuses[response.status_code] += 1
+        if response.status_code == 200 and _calls_known(response):
+            tally.rerun_batches.add(batch.key)
+
+
+def _calls_known(response: httpx.Response) -> bool:
+    """The batch's answer calls one of its (new) items "already known": it ran again."""
+    return any(result["status"] == 200 for result in response.json()["results"])
 
 
 async def client_loop(
@@ -332,13 +342,17 @@ def _fill(
     figures["lost items"] = lost
     figures["doubled items"] = doubled
     figures["doubled ledger entries"] = surplus
-    figures["answers differing from the first"] = len(tally.differing)
+    batches = {entry.split(":", 1)[0] for entry in tally.differing}
+    figures["answers differing from the first (batches)"] = (
+        f"{len(tally.differing)} ({len(batches)})"
+    )
+    figures["differing answers by status"] = dict(sorted(tally.differing_statuses.items()))
     figures["batches run twice (answered 'already known')"] = len(tally.rerun_batches)
     figures["items refused"] = tally.refused_items
     figures[f"batches unanswered after {MAX_ATTEMPTS} tries"] = tally.given_up
     figures["ledger verify"] = verdict
     if tally.differing:
-        figures["first differing answers"] = "; ".join(tally.differing[:3])
+        figures["first differing answers"] = "; ".join(sorted(set(tally.differing))[:3])
     report.check(lost == 0, "items lost")
     report.check(doubled == 0 and surplus == 0, "items doubled")
     report.check(not tally.differing, "retries answered unlike their first answer")

@@ -129,6 +129,7 @@ def test_long_run_sent_enough_requests(
     backend = request.node.callspec.params["fuzz_target"]
     if not _sent[backend]:
         pytest.skip("the long run's cases did not run in this process (deselected)")
+    print(f"{_sent[backend]:,} generated requests on {backend}, each answer checked")
     assert _sent[backend] >= LONG_RUN_CASES, (
         f"{_sent[backend]} requests on {backend}; raise the per-operation examples"
     )

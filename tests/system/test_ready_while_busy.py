@@ -14,9 +14,7 @@ from fastapi.testclient import TestClient
 from app.db import Database
 
 
-def test_readyz_answers_while_the_pool_is_exhausted(
-    client: TestClient, database: Database
-) -> None:
+def test_readyz_answers_while_the_pool_is_exhausted(client: TestClient, database: Database) -> None:
     engine = database.engine
     capacity = engine.pool.size() + engine.pool._max_overflow  # type: ignore[attr-defined]
     with ExitStack() as held:
