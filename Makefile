@@ -40,7 +40,7 @@ typecheck:
 pytest:
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-## test-long: the long tier `make test` leaves out (about half an hour on two cores): 10,000
+## test-long: the long tier `make test` leaves out (ten minutes or so on two cores): 10,000
 ## Schemathesis cases with every check on each database, and the fault harness at a tiny size
 test-long: install-dev
 	PLEDGEWATCH_LONG_TESTS=1 $(BIN)/pytest -n 2 --dist loadgroup \
