@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PLEDGEWATCH_DATABASE_URL ?= sqlite:///./pledgewatch.db
 
-.PHONY: run test lint typecheck pytest install install-dev lock clean bench bench-quick bench-tools
+.PHONY: run test lint typecheck pytest install install-dev lock clean bench bench-quick bench-tools \
+	test-long faults
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,17 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest -n 2 --dist loadgroup
+
+## test-long: the long tier `make test` leaves out (ten minutes or so on two cores): 10,000
+## Schemathesis cases with every check on each database, and the fault harness at a tiny size
+test-long: install-dev
+	PLEDGEWATCH_LONG_TESTS=1 $(BIN)/pytest -n 2 --dist loadgroup \
+		tests/e2e/test_schemathesis.py tests/bench/test_faults.py
+
+## faults: overload and faults, measured at full size (docs/RELIABILITY.md; 20,000 items through
+## three SIGKILLs, PostgreSQL restarted under load, ten times the sustainable rate)
+faults: install
+	$(BIN)/python -m bench.faults
 
 ## bench: the benchmark of docs/PERFORMANCE.md at full size (1M evidence items; about 20
 ## minutes the first time, half of it making the data, which is kept for later runs)

@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 # Constraint names are part of the schema Alembic compares and migrates; a fixed
@@ -90,17 +91,35 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def build_engine(url: str, *, pool_size: int = 10) -> Engine:
+# A PostgreSQL server that does not answer a connection attempt within this long is
+# unavailable (the request answers 503) rather than a reason to hang a request.
+PG_CONNECT_TIMEOUT_SECONDS = 5
+# How long an SQLite writer waits for the write lock before "database is locked" (a 503).
+SQLITE_BUSY_SECONDS = 30.0
+
+
+def build_engine(
+    url: str, *, pool_size: int = 10, sqlite_busy_seconds: float = SQLITE_BUSY_SECONDS
+) -> Engine:
     """Make the engine for ``url``, with the SQLite settings a concurrent server needs."""
     if not is_sqlite(url):
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # pool_pre_ping: a pooled connection that a database restart broke is found on
+        # checkout and replaced (with every older one), so the service recovers on its own.
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
+        )
 
     engine = create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        connect_args={"check_same_thread": False, "timeout": sqlite_busy_seconds},
         pool_size=pool_size,
         max_overflow=pool_size,
     )
+    busy_ms = int(sqlite_busy_seconds * 1000)
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -110,7 +129,7 @@ def build_engine(url: str, *, pool_size: int = 10) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -128,10 +147,23 @@ def build_engine(url: str, *, pool_size: int = 10) -> Engine:
 class Database:
     """The engine and the two session factories: one for reads, one for writes."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, sqlite_busy_seconds: float = SQLITE_BUSY_SECONDS
+    ) -> None:
         self.url = url
-        self.engine = build_engine(url, pool_size=pool_size)
+        self.engine = build_engine(
+            url, pool_size=pool_size, sqlite_busy_seconds=sqlite_busy_seconds
+        )
         self.dialect = self.engine.dialect.name
+        # Health checks connect on their own: under load every pooled connection may be
+        # busy, and "does the database answer" must not wait for one of them.
+        self._probe_engine = create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"timeout": 5}
+            if is_sqlite(url)
+            else {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS},
+        )
         write_bind = self.engine.execution_options(sqlite_immediate=True)
         self._readers = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._writers = sessionmaker(bind=write_bind, expire_on_commit=False)
@@ -152,5 +184,10 @@ class Database:
         finally:
             session.close()
 
+    def probe(self) -> Connection:
+        """A new connection of its own, for a health check (close it, or use ``with``)."""
+        return self._probe_engine.connect()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        self._probe_engine.dispose()

@@ -45,7 +45,7 @@ from app.gates import DatabaseGates
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
 from app.migrate import head_revision
-from app.problems import Problem, install
+from app.problems import DatabaseUnavailableMiddleware, Problem, install
 from app.system.router import router as system_router
 
 API_PREFIX = "/api/v1"
@@ -197,6 +197,8 @@ def create_app(
     app.add_middleware(StatusFastPath, path=f"{API_PREFIX}/status")
     # Outermost first: ids and logs see everything, including 413s and replays.
     app.add_middleware(IdempotencyMiddleware)
+    # A database outage met by the middleware inside (idempotency keys) is a 503 too.
+    app.add_middleware(DatabaseUnavailableMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
 

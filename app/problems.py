@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.idempotency.service import Replay
 from app.errors import DomainError, field_errors
@@ -128,6 +135,129 @@ def _http(request: Request, exc: Exception) -> Response:
     )
 
 
+# The database cannot answer now, through no fault of the request: the client should retry.
+RETRY_AFTER_SECONDS = 3
+# PostgreSQL SQLSTATE classes of that kind: connection exception, insufficient resources,
+# operator intervention (shutdown, restart, a cancelled statement), system (I/O) error.
+# Others (constraint violations, program limits, deadlocks) are the request's or ours.
+_PG_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+# SQLite's primary result codes of that kind: busy past the busy timeout ("database is
+# locked"), a locked table, a file that cannot be opened, an I/O error, a full disk.
+_SQLITE_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+    }
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot answer now (down, restarting, unreachable,
+    out of connections, or busy past its timeout), not that the request or the code is wrong.
+    """
+    if isinstance(exc, PoolTimeout):
+        return True
+    cause: BaseException | None = exc
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        cause = exc.orig
+    if isinstance(cause, psycopg.OperationalError):
+        sqlstate = cause.sqlstate
+        # No SQLSTATE: the connection itself failed (refused, reset, closed by the server).
+        return sqlstate is None or sqlstate[:2] in _PG_UNAVAILABLE_CLASSES
+    if isinstance(cause, sqlite3.OperationalError):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in _SQLITE_UNAVAILABLE_CODES
+        return "database is locked" in str(cause)
+    return False
+
+
+class _QuietLog:
+    """Logs a repeated warning once per ``interval`` seconds, with how many were held back."""
+
+    def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = -interval
+        self._held_back = 0
+
+    def warning(self, message: str, *, error: BaseException) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._last < self.interval:
+                self._held_back += 1
+                return
+            self._last, held_back, self._held_back = now, self._held_back, 0
+        # The driver's own message: SQLAlchemy's would add the statement and its parameters.
+        cause = error.orig if isinstance(error, DBAPIError) else error
+        log.warning(
+            message,
+            extra={"error": f"{type(cause).__name__}: {cause}"[:300], "held_back": held_back},
+        )
+
+
+_unavailable_log = _QuietLog(interval=10.0)
+
+
+def _unavailable(exc: BaseException, request_id: str | None = None) -> Response:
+    # During an outage every request fails alike: one line per interval, not one per request.
+    _unavailable_log.warning("database unavailable; answering 503", error=exc)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return problem_response(
+        503,
+        "Service unavailable",
+        f"the database is unavailable just now; retry in {RETRY_AFTER_SECONDS} seconds",
+        slug="database-unavailable",
+        headers=headers,
+    )
+
+
+class DatabaseUnavailableMiddleware:
+    """Answers 503 for the database errors of the middleware inside it (idempotency keys).
+
+    Without it they would reach Starlette's outermost handler, which re-raises after its
+    answer: uvicorn then logs a traceback per request and closes the client's keep-alive
+    connection. Mounted inside the access log, so that those 503s are logged and counted.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if started or not database_unavailable(error):
+                raise
+            await _unavailable(error)(scope, receive, send)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # Async: during an outage no worker thread is taken to say so.
+    if not database_unavailable(exc):
+        raise exc  # any other database error is a defect: _unexpected logs it as one
+    return _unavailable(exc)
+
+
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
@@ -148,6 +278,9 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     # This handler answers outside every middleware (Starlette's ServerErrorMiddleware), so
     # the request id is added here; it runs in a worker thread, so exc_info is passed.
     request_id = request.scope.get("state", {}).get("request_id")
+    if database_unavailable(exc):
+        # Raised by a middleware's own transaction (outside the exception middleware).
+        return _unavailable(exc, request_id)
     log.error(
         "unhandled error",
         exc_info=exc,
@@ -180,6 +313,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Replay, _replay)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(StarletteHTTPException, _http)
+    # Inside the middleware (access log, metrics and idempotency see the 503); what the
+    # middleware itself raises reaches _unexpected, which answers the same way.
+    app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -194,6 +331,7 @@ _DESCRIPTIONS = {
     412: "If-Match names a version that is no longer current.",
     413: "The request body is over 1 MiB.",
     422: "Invalid input: each bad field is named in errors.",
+    503: "The database is unavailable just now; retry after Retry-After seconds.",
 }
 
 
@@ -211,5 +349,6 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-READ_ERRORS = (400, 401, 403, 422)
-WRITE_ERRORS = (400, 401, 403, 409, 413, 422)
+# 503: every route that reads or writes the database answers it while the database is down.
+READ_ERRORS = (400, 401, 403, 422, 503)
+WRITE_ERRORS = (400, 401, 403, 409, 413, 422, 503)

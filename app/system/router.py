@@ -24,7 +24,7 @@ def readyz(request: Request) -> JSONResponse:
     database: Database = request.app.state.database
     expected: str = request.app.state.schema_head
     try:
-        with database.engine.connect() as conn:
+        with database.probe() as conn:
             found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except Exception as error:  # any driver error means "not ready", never a 500
         return JSONResponse(

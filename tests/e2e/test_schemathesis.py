@@ -7,7 +7,9 @@ nothing may be a 500.
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import checks
 
 from app.clock import SystemClock
 from app.config import Settings
@@ -25,6 +28,7 @@ from app.migrate import upgrade
 from app.seed.loader import seed
 from tests.conftest import postgres_database_name, scratch_postgres
 from tests.e2e.conftest import running_server
+from tests.long_tests import long_test
 
 # /events answers 200 with a stream that never ends, and call_and_validate would wait for its
 # end: tests/e2e/test_events.py sends it the same generated requests and reads each 200 only
@@ -79,3 +83,53 @@ def test_api_answers_every_generated_request_as_documented(
 ) -> None:
     base_url, key = fuzz_target
     case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {key}"})
+
+
+# --- the long run: at least 10,000 generated requests per database ---------------------------
+#
+# In the long tier only (make test-long: PLEDGEWATCH_LONG_TESTS=1), about ten minutes per
+# database on two cores. Hypothesis stops early on operations whose inputs it has exhausted
+# (no parameters at all), so each operation is asked for more than an even share, and the
+# requests actually sent are counted.
+LONG_RUN_CASES = int(os.environ.get("PLEDGEWATCH_FUZZ_CASES", "10000"))
+_OPERATIONS = sum(1 for _ in schema.get_all_operations())
+_sent: Counter[str] = Counter()
+checks.load_all_checks()
+# Every check Schemathesis has, named rather than left to its defaults.
+ALL_CHECKS = [check for check in checks.CHECKS.get_all() if not checks.is_check_class(check)]
+
+
+@long_test
+@pytest.mark.slow
+@pytest.mark.xdist_group("fuzz-long")
+@schema.parametrize()
+@settings(
+    max_examples=math.ceil(LONG_RUN_CASES / _OPERATIONS * 1.15),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_long_run_answers_every_generated_request_as_documented(
+    case: schemathesis.Case[Any], fuzz_target: tuple[str, str], request: pytest.FixtureRequest
+) -> None:
+    base_url, key = fuzz_target
+    _sent[request.node.callspec.params["fuzz_target"]] += 1
+    case.call_and_validate(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {key}"},
+        checks=ALL_CHECKS,
+    )
+
+
+@long_test
+@pytest.mark.slow
+@pytest.mark.xdist_group("fuzz-long")
+def test_long_run_sent_enough_requests(
+    fuzz_target: tuple[str, str], request: pytest.FixtureRequest
+) -> None:
+    backend = request.node.callspec.params["fuzz_target"]
+    if not _sent[backend]:
+        pytest.skip("the long run's cases did not run in this process (deselected)")
+    print(f"{_sent[backend]:,} generated requests on {backend}, each answer checked")
+    assert _sent[backend] >= LONG_RUN_CASES, (
+        f"{_sent[backend]} requests on {backend}; raise the per-operation examples"
+    )

@@ -1,0 +1,318 @@
+"""Scenario c: ten times the sustainable request rate, then back to normal.
+
+The mix: 20 % writes (``POST /evidence``, one new item each, with a collector key), 40 %
+``GET /pledges/{id}``, 40 % ``GET /pledges?limit=20`` (anonymous). First the sustainable
+rate is measured: the answers per second (2xx) that 8 connections get, each sending its
+next request when it has the last answer. Then the same mix is offered open-loop at ten
+times that rate (a request every 1/rate seconds whether or not earlier ones were
+answered; up to 2,000 connections), each request waiting up to 10 s for its answer.
+
+Counted: answers by status, requests without an answer in 10 s, 429/503 without
+``Retry-After``; the server's resident memory (VmRSS every 0.2 s); ``/healthz`` and
+``/readyz`` asked every half second on their own connections (each must answer 200 within
+5 s: the process is up and the database reachable throughout); and, after the load, how
+long until a read and a write succeed again and the latency they then have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.faults_common import (
+    API,
+    Report,
+    Target,
+    evidence_item,
+    prepare,
+    rss_mib,
+    say,
+    scratch_database,
+    serving,
+)
+from bench.faults_http import Answer, ClientCapped, Pool, build_request
+
+REQUEST_TIMEOUT = 10.0
+PROBE_TIMEOUT = 5.0
+MEASURE_CONNECTIONS = 8
+CONNECTION_CAP = 2000
+RECOVERY_LIMIT_S = 10.0
+# Share of the offered requests that may go unanswered (timed out, refused, reset).
+UNANSWERED_LIMIT = 0.01
+
+
+class Mix:
+    """The requests of the mix, in a fixed order (every fifth one a write)."""
+
+    def __init__(self, target: Target, host: str) -> None:
+        self.target = target
+        self.host = host
+        self.count = 0
+        self.run = f"overload-{time.time_ns()}"
+
+    def next(self) -> bytes:
+        self.count += 1
+        pledge = self.target.pledge_ids[self.count % len(self.target.pledge_ids)]
+        if self.count % 5 == 0:
+            body = json.dumps(evidence_item(self.run, self.count, self.target.pledge_ids))
+            return build_request(
+                "POST",
+                f"{API}/evidence",
+                self.host,
+                body=body.encode(),
+                headers={"Authorization": f"Bearer {self.target.api_key}"},
+            )
+        if self.count % 2:
+            return build_request("GET", f"{API}/pledges/{pledge}", self.host)
+        return build_request("GET", f"{API}/pledges?limit=20", self.host)
+
+
+@dataclass
+class Tally:
+    statuses: Counter[int] = field(default_factory=Counter)
+    without_retry_after: int = 0
+    timed_out: int = 0
+    failed: int = 0
+    capped: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, answer: Answer) -> None:
+        self.statuses[answer.status] += 1
+        if answer.status in (429, 503) and not answer.retry_after:
+            self.without_retry_after += 1
+        if 200 <= answer.status < 300:
+            self.seconds.append(answer.seconds)
+
+    @property
+    def good(self) -> int:
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    @property
+    def unanswered(self) -> int:
+        return self.timed_out + self.failed + self.capped
+
+    def p50_ms(self) -> float:
+        return statistics.median(self.seconds) * 1000 if self.seconds else float("nan")
+
+
+async def _one(pool: Pool, raw: bytes, tally: Tally, timeout: float = REQUEST_TIMEOUT) -> None:
+    try:
+        tally.add(await pool.send(raw, timeout))
+    except ClientCapped:
+        tally.capped += 1
+    except TimeoutError:
+        tally.timed_out += 1
+    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        tally.failed += 1
+
+
+async def closed_loop(pool: Pool, mix: Mix, seconds: float, connections: int) -> Tally:
+    """Each connection sends its next request when it has its answer."""
+    tally = Tally()
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def worker() -> None:
+        while asyncio.get_running_loop().time() < deadline:
+            await _one(pool, mix.next(), tally)
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return tally
+
+
+async def open_loop(
+    pool: Pool, mix: Mix, rate: float, seconds: float, timeout: float
+) -> tuple[Tally, int]:
+    """Offer ``rate`` requests a second for ``seconds``; returns (tally, requests offered)."""
+    loop = asyncio.get_running_loop()
+    tally, tasks, offered = Tally(), set(), 0
+    total = int(rate * seconds)
+    started = loop.time()
+    while offered < total:
+        # Due by now: a late tick (the loop busy) sends what it owes at once.
+        due = min(int((loop.time() - started) * rate), total) - offered
+        for _ in range(max(due, 0)):
+            task = asyncio.create_task(_one(pool, mix.next(), tally, timeout))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        offered += max(due, 0)
+        await asyncio.sleep(0.005)
+    if tasks:
+        await asyncio.wait(tasks)
+    return tally, offered
+
+
+@dataclass
+class Watch:
+    """Memory and health, sampled while the load runs."""
+
+    pid: int
+    rss: list[float] = field(default_factory=list)
+    probes: dict[str, Counter[str]] = field(default_factory=dict)
+    stop: bool = False
+
+    async def sample_memory(self) -> None:
+        while not self.stop:
+            self.rss.append(rss_mib(self.pid))
+            await asyncio.sleep(0.2)
+
+    async def probe(self, host: str, port: int) -> None:
+        while not self.stop:
+            for path in ("/healthz", "/readyz"):
+                pool = Pool(host, port, cap=1)
+                try:
+                    answer = await pool.send(build_request("GET", path, host), PROBE_TIMEOUT)
+                    outcome = str(answer.status)
+                except TimeoutError:
+                    outcome = "no answer in 5 s"
+                except (OSError, asyncio.IncompleteReadError, ValueError, ClientCapped):
+                    outcome = "connection failed"
+                finally:
+                    pool.close()
+                self.probes.setdefault(path, Counter())[outcome] += 1
+            await asyncio.sleep(0.5)
+
+
+async def _recovery(pool: Pool, target: Target, host: str) -> float | None:
+    """Seconds until a read and a write (in turn) both succeed; None after the limit."""
+    mix = Mix(target, host)
+    started = time.monotonic()
+    while time.monotonic() - started < RECOVERY_LIMIT_S:
+        read, write = Tally(), Tally()
+        await _one(pool, build_request("GET", f"{API}/pledges?limit=20", host), read)
+        mix.count = 4  # the next request of the mix is a write
+        await _one(pool, mix.next(), write)
+        if read.good and write.good:
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def _scenario(
+    base_url: str,
+    pid: int,
+    target: Target,
+    *,
+    measure: float,
+    load: float,
+    factor: float,
+    timeout: float,
+) -> dict[str, Any]:
+    host_port = base_url.removeprefix("http://")
+    host, port = host_port.rsplit(":", 1)
+    pool = Pool(host, int(port), cap=CONNECTION_CAP)
+    mix = Mix(target, host_port)
+    await closed_loop(pool, mix, 1.0, MEASURE_CONNECTIONS)  # warm up
+    sustained = await closed_loop(pool, mix, measure, MEASURE_CONNECTIONS)
+    rate = sustained.good / measure
+    say(f"sustainable: {rate:,.0f} answers/s (p50 {sustained.p50_ms():.1f} ms); x{factor:g} now")
+    watch = Watch(pid)
+    watch.rss.append(rss_mib(pid))
+    baseline_rss = watch.rss[0]
+    watchers = [
+        asyncio.create_task(watch.sample_memory()),
+        asyncio.create_task(watch.probe(host, int(port))),
+    ]
+    overload, offered = await open_loop(pool, mix, rate * factor, load, timeout)
+    load_end = time.monotonic()
+    recovered = await _recovery(pool, target, host_port)
+    after = await closed_loop(pool, mix, 2.0, MEASURE_CONNECTIONS)
+    watch.stop = True
+    await asyncio.gather(*watchers)
+    pool.close()
+    return {
+        "sustained": sustained,
+        "rate": rate,
+        "overload": overload,
+        "offered": offered,
+        "recovered": recovered,
+        "drain_s": time.monotonic() - load_end,
+        "after": after,
+        "baseline_rss": baseline_rss,
+        "peak_rss": max(watch.rss),
+        "final_rss": rss_mib(pid),
+        "probes": watch.probes,
+    }
+
+
+def run_overload(
+    backend: str,
+    work_dir: Path,
+    *,
+    measure_seconds: float,
+    load_seconds: float,
+    factor: float,
+    rss_limit_mb: float,
+    postgres_url: str | None,
+    request_timeout: float = REQUEST_TIMEOUT,
+) -> Report:
+    """Scenario c on ``backend``; invariants: no 5xx but 503, shed answers with Retry-After,
+    at most 1 % unanswered, health probes 200 in time, RSS under the limit, recovery."""
+    report = Report(f"c. {factor:g}x the sustainable rate for {load_seconds:g} s ({backend})")
+    with scratch_database(backend, work_dir, "faults_overload", postgres_url) as url:
+        target = prepare(url)
+        with serving(url, work_dir / f"overload-{backend}.log") as server:
+            found = asyncio.run(
+                _scenario(
+                    server.base_url,
+                    server.pid,
+                    target,
+                    measure=measure_seconds,
+                    load=load_seconds,
+                    factor=factor,
+                    timeout=request_timeout,
+                )
+            )
+            errors = len(server.error_lines())
+    found["timeout"] = request_timeout
+    _fill(report, found, rss_limit_mb, errors)
+    return report
+
+
+def _fill(report: Report, found: dict[str, Any], rss_limit_mb: float, errors: int) -> None:
+    figures = report.figures
+    sustained: Tally = found["sustained"]
+    overload: Tally = found["overload"]
+    after: Tally = found["after"]
+    offered: int = found["offered"]
+    figures["sustainable rate (2xx answers/s, 8 connections)"] = round(found["rate"], 1)
+    figures["p50 at the sustainable rate (ms)"] = round(sustained.p50_ms(), 1)
+    figures["requests offered"] = offered
+    figures["answers by status"] = dict(sorted(overload.statuses.items()))
+    shed = overload.statuses[429] + overload.statuses[503]
+    figures["shed (429 + 503)"] = f"{shed} ({shed / max(offered, 1):.0%})"
+    figures["429/503 without Retry-After"] = overload.without_retry_after
+    figures[f"no answer in {found['timeout']:g} s / connection failed / not sent (at cap)"] = (
+        f"{overload.timed_out} / {overload.failed} / {overload.capped}"
+    )
+    figures["p50 of the 2xx answers under load (ms)"] = round(overload.p50_ms(), 1)
+    figures["server RSS before / peak / after (MiB)"] = (
+        f"{found['baseline_rss']:.0f} / {found['peak_rss']:.0f} / {found['final_rss']:.0f}"
+    )
+    for path, outcomes in found["probes"].items():
+        figures[f"{path} during and after the load"] = dict(sorted(outcomes.items()))
+    recovered = found["recovered"]
+    figures["seconds until a read and a write succeed after the load"] = (
+        "not within 10 s" if recovered is None else round(recovered, 2)
+    )
+    figures["p50 after the load (ms)"] = round(after.p50_ms(), 1)
+    figures["server log lines at level error"] = errors
+    unanswered = overload.unanswered
+    report.check(
+        not any(status >= 500 and status != 503 for status in overload.statuses),
+        "5xx other than 503",
+    )
+    report.check(overload.without_retry_after == 0, "429/503 without Retry-After")
+    report.check(
+        unanswered <= UNANSWERED_LIMIT * offered,
+        f"{unanswered} of {offered} requests not answered (queued, not shed)",
+    )
+    for path, outcomes in found["probes"].items():
+        report.check(set(outcomes) == {"200"}, f"{path} not 200 within 5 s throughout")
+    report.check(found["peak_rss"] <= rss_limit_mb, f"RSS over {rss_limit_mb:g} MiB")
+    report.check(recovered is not None and recovered <= RECOVERY_LIMIT_S, "no recovery within 10 s")
