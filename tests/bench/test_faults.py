@@ -26,12 +26,6 @@ pytestmark = [pytest.mark.slow, long_test, pytest.mark.xdist_group("fault-harnes
 
 # Scenario -> the unmerged fix its invariants wait for. Empty this once they are merged.
 KNOWN_BROKEN = {
-    "kills": "idempotency settles after the answer is sent (issue 10, defect 6): an "
-    "immediate retry can be told 409, a retry after a SIGKILL can re-run the batch",
-    "outage": "the idempotency middleware settles a key after the answer, in a transaction "
-    "of its own (issue 10, defect 6): when the database goes away in between, the request "
-    "raises, uvicorn closes its connection (a request unanswered) and the key waits for "
-    "the stale timeout",
     "overload": "no admission bound that sheds with 503 and no rate limits with 429 yet "
     "(issue 10, 'Also build'): excess requests queue until clients time out",
 }
