@@ -24,6 +24,7 @@ from app.clock import Clock
 from app.config import Settings
 from app.db import Database
 from app.domain.sources.models import Source
+from app.logs import LogThrottle
 from app.metrics import SCHEDULER_JOBS
 from app.scheduler.models import JobRun
 from app.sql import insert_or_ignore
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from app.collectors.collect import CollectContext
 
 log = logging.getLogger("pledgewatch.scheduler")
+# Ticks come every few seconds: a database that cannot record them is reported once a minute.
+_UNRECORDED = LogThrottle()
 
 EVALUATE = "evaluate"
 SYNC_SOURCES = "sync-sources"
@@ -158,9 +161,17 @@ def run_once(
         claimed = claim_tick(context, job_id, scheduled_for)
     except SQLAlchemyError:
         # Without the record there is no guarantee; the next tick will come.
-        log.exception("tick not run: cannot record it", extra={"job_id": job_id})
+        _UNRECORDED.failed(
+            log,
+            job_family(job_id),
+            "tick not run: cannot record it",
+            level=logging.ERROR,
+            exc_info=True,
+            extra={"job_id": job_id},
+        )
         SCHEDULER_JOBS.labels(job_family(job_id), "unrecorded").inc()
         return False
+    _UNRECORDED.recovered(log, job_family(job_id), "ticks are recorded again")
     if not claimed:
         log.info(
             "tick already ran; skipped",
