@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
     deliver_every_seconds: float = Field(default=5.0, gt=0)
 
+    # Feed polls: a run ingests at most this many items (the next run goes on with the rest),
+    # in transactions of this many items each, so that other writers wait for one chunk at
+    # most, never for a whole feed.
+    collect_max_items_per_run: int = Field(default=10_000, gt=0)
+    collect_chunk_items: int = Field(default=500, gt=0)
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:

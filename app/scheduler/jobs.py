@@ -66,6 +66,8 @@ class SchedulerContext:
     collect_context: CollectContext | None = None
     # The running BackgroundScheduler, for jobs that add or remove jobs.
     scheduler: Any = None
+    # Set while the service steps down (stopping, or the lock lost): long jobs end early.
+    stop_requested: threading.Event = field(default_factory=threading.Event)
     _owns_fetcher: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -82,7 +84,11 @@ class SchedulerContext:
                     exempt_hosts=self.exempt_hosts,
                 )
                 self.collect_context = CollectContext(
-                    database=self.database, fetcher=fetcher, clock=self.clock
+                    database=self.database,
+                    fetcher=fetcher,
+                    clock=self.clock,
+                    max_items=self.settings.collect_max_items_per_run,
+                    chunk_items=self.settings.collect_chunk_items,
                 )
                 self._owns_fetcher = True
             return self.collect_context
@@ -209,7 +215,8 @@ def collect(source_id: str) -> None:
     from app.collectors.collect import collect_source
 
     context = current_context()
-    collect_source(context.collector(), source_id)
+    # Between chunks, a run stops when the scheduler does: the rest waits for the next run.
+    collect_source(context.collector(), source_id, should_stop=context.stop_requested.is_set)
 
 
 def deliver() -> None:

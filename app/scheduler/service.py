@@ -252,6 +252,7 @@ class SchedulerService:
         return state.ready
 
     def _lead(self) -> None:
+        self.context.stop_requested.clear()
         executor = TickExecutor(self.context)
         scheduler = build_scheduler(self.database, executor)
         self._scheduler, self._executor = scheduler, executor
@@ -277,6 +278,7 @@ class SchedulerService:
 
     def _step_down(self) -> None:
         scheduler, executor = self._scheduler, self._executor
+        self.context.stop_requested.set()
         self._scheduler = self._executor = None
         self.context.scheduler = None
         self._leading.clear()
