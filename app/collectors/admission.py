@@ -15,10 +15,8 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol
-
-from app.gates import DatabaseGates
 
 # How often a waiting thread looks whether the loop gave up on its request (shutdown).
 _CHECK_SECONDS = 1.0
@@ -36,10 +34,16 @@ def no_admission(*, write: bool) -> Iterator[None]:
     yield
 
 
+class Gates(Protocol):
+    """The app's gates (app/gates.py ``DatabaseGates``), as far as admission needs them."""
+
+    def admit(self, *, write: bool) -> AbstractAsyncContextManager[None]: ...
+
+
 class LoopAdmission:
     """Admission at ``gates`` for threads other than the event loop's own."""
 
-    def __init__(self, gates: DatabaseGates, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, gates: Gates, loop: asyncio.AbstractEventLoop) -> None:
         self._gates = gates
         self._loop = loop
 
@@ -52,7 +56,12 @@ class LoopAdmission:
     def __call__(self, *, write: bool) -> Iterator[None]:
         admitted = threading.Event()
         done = asyncio.Event()
-        holding = asyncio.run_coroutine_threadsafe(self._hold(write, admitted, done), self._loop)
+        hold = self._hold(write, admitted, done)
+        try:
+            holding = asyncio.run_coroutine_threadsafe(hold, self._loop)
+        except RuntimeError:  # the loop is closed: no turn will ever come
+            hold.close()
+            raise
         try:
             while not admitted.wait(_CHECK_SECONDS):
                 if holding.done():
