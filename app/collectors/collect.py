@@ -1,7 +1,9 @@
-"""One poll of one source: fetch, parse, match, ingest, and record the run.
+"""One poll of one source: fetch, parse, match, ingest in chunks, and record the run.
 
 A bad feed fails its own run, recorded with the error in words; nothing here
-raises into the scheduler or the API.
+raises into the scheduler or the API. A big feed holds nothing others need while
+it is fetched and parsed, and ingests in short transactions that take their turn
+with the API's writes, at most so many items a run (the next run goes on).
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def _never() -> bool:
 def _begin(
     context: CollectContext, source_id: str, run_id: int | None
 ) -> tuple[_Config, int] | None:
-    with context.admission(write=run_id is None), context.database.transaction() as session:
+    writes = run_id is None
+    with context.admission(write=writes), context.database.transaction(write=writes) as session:
         source = session.get(Source, source_id)
         if source is None or (run_id is None and not source.enabled):
             return None
@@ -262,11 +265,11 @@ def _ingest_in_chunks(
     ]
     identities = [_identity(item, config) for item in matching]
     pending = _not_yet_ingested(context, identities, pledges)
+    # Whatever ends the run (the cap, a stop, a failure), what is left is what no chunk took.
+    result.items_left = len(pending)
     chosen = pending[: context.max_items]
-    result.items_left = len(pending) - len(chosen)
     for start in range(0, len(chosen), context.chunk_items):
         if should_stop():
-            result.items_left += len(chosen) - start
             break
         drafts = [
             _draft(matching[i], identities[i], config, pledges, fetched_at)
@@ -302,6 +305,7 @@ def _ingest_chunk(
         )
     # Counted once committed: the run's record never claims what was rolled back.
     result.items_ingested += len(drafts)
+    result.items_left -= len(drafts)
     result.evidence_added += added
     result.links_added += linked
     result.chunks += 1

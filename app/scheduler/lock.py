@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
+from app.collectors.admission import Admission, no_admission
 from app.db import Database
 from app.logs import LogThrottle
 from app.scheduler.models import SchedulerLease
@@ -169,11 +170,16 @@ class LeaseLock:
         clock: Clock | None = None,
         name: str = LOCK_NAME,
         owns_database: bool = False,
+        admission: Admission = no_admission,
     ) -> None:
         self.holder = holder
         self.name = name
         self._database = database
         self._owns_database = owns_database
+        # In `serve`, the lease's writes queue at the API's gates with every other writer:
+        # SQLite's own waiting is not first come, first served, and writers that hand the
+        # lock on back to back (a poll's chunks, API writes) could starve a renewal.
+        self._admission = admission
         self._ttl = timedelta(seconds=lease_seconds)
         self._clock = clock or SystemClock()
         self._throttle = LogThrottle()
@@ -183,7 +189,7 @@ class LeaseLock:
         now = self._clock.now()
         expires = now + self._ttl
         try:
-            with self._database.transaction() as session:
+            with self._admission(write=True), self._database.transaction() as session:
                 inserted = session.execute(
                     insert_or_ignore(session, SchedulerLease).values(
                         name=self.name, holder=self.holder, expires_at=expires
@@ -218,7 +224,7 @@ class LeaseLock:
         now = self._clock.now()
         expires = now + self._ttl
         try:
-            with self._database.transaction() as session:
+            with self._admission(write=True), self._database.transaction() as session:
                 renewed = session.execute(
                     update(SchedulerLease)
                     .where(SchedulerLease.name == self.name, SchedulerLease.holder == self.holder)
@@ -240,7 +246,7 @@ class LeaseLock:
     def release(self) -> None:
         self.held_until = None
         try:
-            with self._database.transaction() as session:
+            with self._admission(write=True), self._database.transaction() as session:
                 session.execute(
                     delete(SchedulerLease).where(
                         SchedulerLease.name == self.name, SchedulerLease.holder == self.holder
@@ -253,12 +259,18 @@ class LeaseLock:
 
 
 def leader_lock(
-    database: Database, *, holder: str, lease_seconds: float, clock: Clock | None = None
+    database: Database,
+    *,
+    holder: str,
+    lease_seconds: float,
+    clock: Clock | None = None,
+    admission: Admission = no_admission,
 ) -> LeaderLock:
     """The right lock for ``database``: an advisory lock on PostgreSQL, a lease on SQLite.
 
     Either holds a connection of its own: renewing the lock must never wait for a pool
-    connection that twenty job threads (or the API) hold.
+    connection that twenty job threads (or the API) hold. A lease's writes take their turn
+    through ``admission`` (the app's gates in ``serve``).
     """
     if database.dialect == "postgresql":
         return AdvisoryLock(database.url, holder=holder)
@@ -268,6 +280,7 @@ def leader_lock(
         lease_seconds=lease_seconds,
         clock=clock,
         owns_database=True,
+        admission=admission,
     )
 
 

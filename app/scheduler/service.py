@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 from apscheduler.schedulers.base import STATE_STOPPED  # type: ignore[import-untyped]
 
 from app.clock import Clock, SystemClock
+from app.collectors.admission import no_admission
 from app.collectors.collect import own_addresses
 from app.config import Settings
 from app.db import Database
@@ -163,7 +164,11 @@ class SchedulerService:
         self.holder = holder or make_holder()
         # The lease runs on wall time whatever clock the jobs are given.
         self.lock = lock or leader_lock(
-            self.database, holder=self.holder, lease_seconds=settings.scheduler_lease_seconds
+            self.database,
+            holder=self.holder,
+            lease_seconds=settings.scheduler_lease_seconds,
+            # In `serve`, the lease's writes queue at the API's gates like the polls' chunks.
+            admission=collect_context.admission if collect_context is not None else no_admission,
         )
         self.context = SchedulerContext(
             settings=settings,

@@ -17,6 +17,7 @@ from app.collectors import feeds
 from app.collectors.collect import CollectContext, collect_source
 from app.collectors.fetch import SafeFetcher
 from app.db import Database
+from app.domain.evidence import service as evidence_service
 from app.domain.evidence.models import Evidence, EvidenceLink
 from app.domain.pledges.models import Pledge
 from app.domain.sources.models import Source, SourceRun
@@ -417,3 +418,30 @@ def test_each_transaction_of_a_poll_waits_for_its_turn_and_parsing_takes_none(
     # Start the run, [parse], the pledges, one look-up of what is done, three chunks, finish.
     assert parsing == [["write"]]
     assert turns == ["write", "read", "read", "write", "write", "write", "write"]
+
+
+def test_a_chunk_that_fails_fails_the_run_which_keeps_what_committed_and_says_what_is_left(
+    context: CollectContext, server: FeedServer, database: Database
+) -> None:
+    server.answers["/series.csv"] = Answer(body=_csv(10), content_type="text/csv")
+    source_id = add_csv_source(context, server.url("/series.csv"))
+    context.chunk_items = 4
+    real_ingest = evidence_service.ingest
+    calls: list[int] = []
+
+    def ingest_failing_the_second_chunk(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise RuntimeError("the disk is full")
+        return real_ingest(*args, **kwargs)
+
+    with patch.object(collect_module, "ingest", ingest_failing_the_second_chunk):
+        result = collect_source(context, source_id)
+
+    assert result is not None
+    assert (result.outcome, result.error) == ("failed", "internal error: RuntimeError")
+    assert (result.items_ingested, result.items_left, result.evidence_added) == (4, 6, 4)
+    (run,) = runs(database)
+    assert (run.outcome, run.items_ingested, run.items_left) == ("failed", 4, 6)
+    assert _collected(database) == 4
+    assert source(database).consecutive_failures == 1
