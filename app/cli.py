@@ -299,7 +299,7 @@ def require_schema(url: str, *, wait: bool, poll_seconds: float = 2.0) -> None:
     engine = build_engine(url, pool_size=1)
     said = None
     try:
-        while not (state := inspect_schema(engine)).ready:
+        while not (state := inspect_schema(engine.connect)).ready:
             line = f"database {_safe_url(url)}: {state.describe()}"
             if not wait:
                 err.print(escape(line), soft_wrap=True, highlight=False)

@@ -249,7 +249,7 @@ class SchedulerService:
 
     def _schema_ready(self) -> bool:
         """Is the database migrated to this code's schema? Jobs need its tables."""
-        state = inspect_schema(self.database.engine)
+        state = inspect_schema(self.database.engine.connect)
         if state.ready:
             self._throttle.recovered(log, "schema", "scheduler: the schema is at head")
         else:

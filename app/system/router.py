@@ -27,7 +27,7 @@ def readyz(request: Request) -> JSONResponse:
     and the revisions missing (``pledgewatch db upgrade`` applies them).
     """
     database: Database = request.app.state.database
-    state = inspect_schema(database.engine)
+    state = inspect_schema(database.engine.connect)
     if state.ready:
         return JSONResponse({"status": "ok", "schema": state.current})
     body: dict[str, object] = {"status": "unavailable", "reason": state.describe()}

@@ -7,12 +7,13 @@ names the migrations that are missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, inspect, text
 
 from app.migrate import alembic_config
 
@@ -80,11 +81,12 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def inspect_schema(engine: Engine) -> SchemaState:
-    """Connect to ``engine``'s database and compare its revision with this code's head."""
+def inspect_schema(connect: Callable[[], Connection]) -> SchemaState:
+    """Connect (``engine.connect``, or a health check's own connection) and compare the
+    database's revision with this code's head."""
     newest = head()
     try:
-        with engine.connect() as conn:
+        with connect() as conn:
             # Read directly: alembic's MigrationContext logs two lines each time, and
             # /readyz is polled every few seconds.
             current = (
