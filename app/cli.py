@@ -412,16 +412,58 @@ def import_command(
     )
 
 
+# Exit statuses of serve and scheduler when they refuse to start.
+EXIT_UNREACHABLE = 3
+EXIT_NOT_MIGRATED = 4
+WaitForMigrations = Annotated[
+    bool,
+    typer.Option(
+        "--wait-for-migrations",
+        help="If the database is unreachable or its schema is not at head, wait quietly "
+        "(checking every 2 s) instead of exiting.",
+    ),
+]
+
+
+def require_schema(url: str, *, wait: bool, poll_seconds: float = 2.0) -> None:
+    """Return once the database answers with its schema at head; else say in one line
+    what is wrong (and what to run) and exit, or with ``wait``, wait for it quietly."""
+    import time
+
+    from app.db import build_engine
+    from app.system.schema import inspect_schema
+
+    engine = build_engine(url, pool_size=1)
+    said = None
+    try:
+        while not (state := inspect_schema(engine.connect)).ready:
+            line = f"database {_safe_url(url)}: {state.describe()}"
+            if not wait:
+                err.print(escape(line), soft_wrap=True, highlight=False)
+                raise typer.Exit(EXIT_UNREACHABLE if not state.reachable else EXIT_NOT_MIGRATED)
+            if line != said:  # one line per change of state, not per check
+                err.print(escape(f"{line}; waiting"), soft_wrap=True, highlight=False)
+                said = line
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    finally:
+        engine.dispose()
+
+
 @app.command()
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
+    wait_for_migrations: WaitForMigrations = False,
 ) -> None:
-    """Serve the API (uvicorn)."""
+    """Serve the API (uvicorn). Exits at once (status 3: database unreachable, 4: schema not
+    at head, with the command to run) unless --wait-for-migrations."""
     import uvicorn
 
     settings = get_settings()
+    require_schema(settings.database_url, wait=wait_for_migrations)
     limit_malloc_arenas()
     err.print(
         f"serving on http://{escape(host)}:{port}  "
@@ -459,11 +501,13 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 @app.command()
-def scheduler() -> None:
+def scheduler(wait_for_migrations: WaitForMigrations = False) -> None:
     """Run the scheduled jobs alone, without the API.
 
     Start one per deployment (with the API's PLEDGEWATCH_SCHEDULER_ENABLED=false);
-    a second one started by mistake waits, and takes over if the first dies.
+    a second one started by mistake waits, and takes over if the first dies. Exits at once
+    (status 3 or 4, as serve does) on a database unreachable or not migrated, unless
+    --wait-for-migrations.
     """
     import signal
     import threading
@@ -472,6 +516,7 @@ def scheduler() -> None:
     from app.scheduler.service import SchedulerService
 
     settings = get_settings()
+    require_schema(settings.database_url, wait=wait_for_migrations)
     configure_logging(settings.log_level, as_json=settings.log_json)
     service = SchedulerService(settings)
     stopping = threading.Event()

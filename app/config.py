@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # reused). A pause between pages leaves the database and CPU to requests (0: none).
     ledger_verify_reuse_seconds: float = Field(default=600.0, ge=0)
     ledger_verify_pause_ms: int = Field(default=0, ge=0, le=60_000)
+    # Feed polls: a run ingests at most this many items (the next run goes on with the rest),
+    # in transactions of this many items each, so that other writers wait for one chunk at
+    # most, never for a whole feed.
+    collect_max_items_per_run: int = Field(default=10_000, gt=0)
+    collect_chunk_items: int = Field(default=500, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.clock import Clock, SystemClock
+from app.collectors.admission import LoopAdmission
 from app.collectors.collect import CollectContext, own_addresses
 from app.collectors.fetch import SafeFetcher
 from app.config import Settings, get_settings
@@ -124,7 +125,13 @@ def create_app(
             exempt_hosts=own_addresses(settings),
         )
         app.state.collect_context = CollectContext(
-            database=app.state.database, fetcher=app.state.fetcher, clock=app.state.clock
+            database=app.state.database,
+            fetcher=app.state.fetcher,
+            clock=app.state.clock,
+            # Polls (the scheduler's and POST /sources/{id}/run) queue at the API's gates.
+            admission=LoopAdmission(app.state.gates, asyncio.get_running_loop()),
+            max_items=settings.collect_max_items_per_run,
+            chunk_items=settings.collect_chunk_items,
         )
         if settings.sources_file is not None:
             load_sources(app.state.database, settings.sources_file, app.state.clock)
@@ -133,7 +140,9 @@ def create_app(
             from app.scheduler.service import SchedulerService
 
             # Each worker starts one; the leader lock lets only one of them run jobs.
-            app.state.scheduler = SchedulerService(settings, clock=app.state.clock)
+            app.state.scheduler = SchedulerService(
+                settings, clock=app.state.clock, collect_context=app.state.collect_context
+            )
             app.state.scheduler.start()
         # Wakes /events streams on every ledger commit, here or in other processes.
         app.state.events = EventBroadcaster(

@@ -28,6 +28,7 @@ from typing import TypeVar
 import httpx
 
 from app.clock import Clock
+from app.collectors.decode import ACCEPT_ENCODING, DecodeError, decoded
 from app.metrics import FETCH_SECONDS
 
 log = logging.getLogger("pledgewatch.fetch")
@@ -54,13 +55,22 @@ class FetchError(Exception):
 
     ``outcome`` is the metric label (``refused``, ``invalid_url``, ``http_error``, ``timeout``,
     ``network_error``, ``too_large``, ``too_many_redirects``, ``error`` for the unforeseen);
-    ``status_code`` is the HTTP status when the failure was an answer from the server.
+    ``status_code`` is the HTTP status when the failure was an answer from the server;
+    ``bytes_read`` how many (decoded) bytes of the body were read when it was cut short.
     """
 
-    def __init__(self, message: str, *, outcome: str, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        outcome: str,
+        status_code: int | None = None,
+        bytes_read: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.outcome = outcome
         self.status_code = status_code
+        self.bytes_read = bytes_read
 
 
 class _RetryableError(FetchError):
@@ -361,7 +371,12 @@ class SafeFetcher:
     def _fetch(
         self, url: str, *, etag: str | None, last_modified: str | None, started: float
     ) -> FetchResult:
-        headers = {"User-Agent": self._user_agent, "Accept": ACCEPT}
+        # Only the encodings decoded here, a step at a time (app/collectors/decode.py).
+        headers = {
+            "User-Agent": self._user_agent,
+            "Accept": ACCEPT,
+            "Accept-Encoding": ACCEPT_ENCODING,
+        }
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
@@ -540,22 +555,30 @@ class SafeFetcher:
             )
         chunks: list[bytes] = []
         size = 0
-        # Decoded bytes are counted, so a small compressed body cannot inflate past the cap.
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise FetchError(
-                    f"the answer of {shown} is over the {_size(limit)} limit "
-                    f"(stopped reading after {_size(size)})",
-                    outcome="too_large",
-                )
-            if time.monotonic() > deadline:
-                raise FetchError(
-                    f"reading the answer of {shown} took longer than "
-                    f"{self._total_timeout:g} s in all",
-                    outcome="timeout",
-                )
-            chunks.append(chunk)
+        # Decoded bytes are counted, and decoded a step at a time: a small compressed body
+        # cannot inflate past the cap, nor much beyond it in memory before it trips.
+        encodings = response.headers.get_list("content-encoding", split_commas=True)
+        try:
+            for chunk in decoded(response.iter_raw(), encodings):
+                size += len(chunk)
+                if size > limit:
+                    raise FetchError(
+                        f"the answer of {shown} is over the {_size(limit)} limit "
+                        f"(stopped reading after {_size(size)})",
+                        outcome="too_large",
+                        bytes_read=size,
+                    )
+                if time.monotonic() > deadline:
+                    raise FetchError(
+                        f"reading the answer of {shown} took longer than "
+                        f"{self._total_timeout:g} s in all",
+                        outcome="timeout",
+                    )
+                chunks.append(chunk)
+        except DecodeError as error:
+            raise FetchError(
+                f"the answer of {shown} could not be decoded: {error}", outcome="network_error"
+            ) from error
         return b"".join(chunks)
 
 

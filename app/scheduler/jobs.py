@@ -24,6 +24,7 @@ from app.clock import Clock
 from app.config import Settings
 from app.db import Database
 from app.domain.sources.models import Source
+from app.logs import LogThrottle
 from app.metrics import SCHEDULER_JOBS
 from app.scheduler.models import JobRun
 from app.sql import insert_or_ignore
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from app.collectors.collect import CollectContext
 
 log = logging.getLogger("pledgewatch.scheduler")
+# Ticks come every few seconds: a database that cannot record them is reported once a minute.
+_UNRECORDED = LogThrottle()
 
 EVALUATE = "evaluate"
 SYNC_SOURCES = "sync-sources"
@@ -63,6 +66,8 @@ class SchedulerContext:
     collect_context: CollectContext | None = None
     # The running BackgroundScheduler, for jobs that add or remove jobs.
     scheduler: Any = None
+    # Set while the service steps down (stopping, or the lock lost): long jobs end early.
+    stop_requested: threading.Event = field(default_factory=threading.Event)
     _owns_fetcher: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -79,7 +84,11 @@ class SchedulerContext:
                     exempt_hosts=self.exempt_hosts,
                 )
                 self.collect_context = CollectContext(
-                    database=self.database, fetcher=fetcher, clock=self.clock
+                    database=self.database,
+                    fetcher=fetcher,
+                    clock=self.clock,
+                    max_items=self.settings.collect_max_items_per_run,
+                    chunk_items=self.settings.collect_chunk_items,
                 )
                 self._owns_fetcher = True
             return self.collect_context
@@ -158,9 +167,17 @@ def run_once(
         claimed = claim_tick(context, job_id, scheduled_for)
     except SQLAlchemyError:
         # Without the record there is no guarantee; the next tick will come.
-        log.exception("tick not run: cannot record it", extra={"job_id": job_id})
+        _UNRECORDED.failed(
+            log,
+            job_family(job_id),
+            "tick not run: cannot record it",
+            level=logging.ERROR,
+            exc_info=True,
+            extra={"job_id": job_id},
+        )
         SCHEDULER_JOBS.labels(job_family(job_id), "unrecorded").inc()
         return False
+    _UNRECORDED.recovered(log, job_family(job_id), "ticks are recorded again")
     if not claimed:
         log.info(
             "tick already ran; skipped",
@@ -198,7 +215,8 @@ def collect(source_id: str) -> None:
     from app.collectors.collect import collect_source
 
     context = current_context()
-    collect_source(context.collector(), source_id)
+    # Between chunks, a run stops when the scheduler does: the rest waits for the next run.
+    collect_source(context.collector(), source_id, should_stop=context.stop_requested.is_set)
 
 
 def deliver() -> None:

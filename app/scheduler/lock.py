@@ -17,14 +17,16 @@ import os
 import secrets
 import socket
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, create_engine, delete, text, update
+from sqlalchemy import Connection, create_engine, delete, event, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
+from app.collectors.admission import Admission, no_admission
 from app.db import Database
+from app.logs import LogThrottle
 from app.scheduler.models import SchedulerLease
 from app.sql import insert_or_ignore
 
@@ -94,6 +96,8 @@ class AdvisoryLock:
         )
         self._conn: Connection | None = None
         self._held = False
+        # Followers try every few seconds: a database that is down is reported once a minute.
+        self._throttle = LogThrottle()
 
     def try_acquire(self) -> bool:
         if self._held:
@@ -107,9 +111,10 @@ class AdvisoryLock:
                 ).scalar_one()
             )
         except SQLAlchemyError as error:
-            log.warning("leader lock: cannot reach the database: %s", error)
+            self._throttle.failed(log, "reach", "leader lock: cannot reach the database: %s", error)
             self._drop_connection()
             return False
+        self._throttle.recovered(log, "reach", "leader lock: the database answers again")
         self._held = got
         return got
 
@@ -164,19 +169,27 @@ class LeaseLock:
         lease_seconds: float,
         clock: Clock | None = None,
         name: str = LOCK_NAME,
+        owns_database: bool = False,
+        admission: Admission = no_admission,
     ) -> None:
         self.holder = holder
         self.name = name
         self._database = database
+        self._owns_database = owns_database
+        # In `serve`, the lease's writes queue at the API's gates with every other writer:
+        # SQLite's own waiting is not first come, first served, and writers that hand the
+        # lock on back to back (a poll's chunks, API writes) could starve a renewal.
+        self._admission = admission
         self._ttl = timedelta(seconds=lease_seconds)
         self._clock = clock or SystemClock()
+        self._throttle = LogThrottle()
         self.held_until: datetime | None = None
 
     def try_acquire(self) -> bool:
         now = self._clock.now()
         expires = now + self._ttl
         try:
-            with self._database.transaction() as session:
+            with self._admission(write=True), self._database.transaction() as session:
                 inserted = session.execute(
                     insert_or_ignore(session, SchedulerLease).values(
                         name=self.name, holder=self.holder, expires_at=expires
@@ -197,8 +210,11 @@ class LeaseLock:
                     )
                     taken = session.execute(claim).rowcount  # type: ignore[attr-defined]
         except SQLAlchemyError as error:
-            log.warning("leader lease: cannot reach the database: %s", error)
+            self._throttle.failed(
+                log, "reach", "leader lease: cannot reach the database: %s", error
+            )
             return False
+        self._throttle.recovered(log, "reach", "leader lease: the database answers again")
         self.held_until = expires if taken else None
         return bool(taken)
 
@@ -208,7 +224,7 @@ class LeaseLock:
         now = self._clock.now()
         expires = now + self._ttl
         try:
-            with self._database.transaction() as session:
+            with self._admission(write=True), self._database.transaction() as session:
                 renewed = session.execute(
                     update(SchedulerLease)
                     .where(SchedulerLease.name == self.name, SchedulerLease.holder == self.holder)
@@ -218,18 +234,19 @@ class LeaseLock:
         except SQLAlchemyError as error:
             # Nobody may take the lease before it expires, so it stays ours until
             # then even if this renewal could not be written.
-            log.warning("leader lease: renewal failed: %s", error)
+            self._throttle.failed(log, "renew", "leader lease: renewal failed: %s", error)
             if self.held_until is not None and self._clock.now() < self.held_until:
                 return True
             self.held_until = None
             return False
+        self._throttle.recovered(log, "renew", "leader lease: renewed again")
         self.held_until = expires if renewed else None
         return bool(renewed)
 
     def release(self) -> None:
         self.held_until = None
         try:
-            with self._database.transaction() as session:
+            with self._admission(write=True), self._database.transaction() as session:
                 session.execute(
                     delete(SchedulerLease).where(
                         SchedulerLease.name == self.name, SchedulerLease.holder == self.holder
@@ -237,12 +254,52 @@ class LeaseLock:
                 )
         except SQLAlchemyError as error:
             log.warning("leader lease: release failed (it will expire): %s", error)
+        if self._owns_database:
+            self._database.dispose()
 
 
 def leader_lock(
-    database: Database, *, holder: str, lease_seconds: float, clock: Clock | None = None
+    database: Database,
+    *,
+    holder: str,
+    lease_seconds: float,
+    clock: Clock | None = None,
+    admission: Admission = no_admission,
 ) -> LeaderLock:
-    """The right lock for ``database``: an advisory lock on PostgreSQL, a lease on SQLite."""
+    """The right lock for ``database``: an advisory lock on PostgreSQL, a lease on SQLite.
+
+    Either holds a connection of its own: renewing the lock must never wait for a pool
+    connection that twenty job threads (or the API) hold. A lease's writes take their turn
+    through ``admission`` (the app's gates in ``serve``).
+    """
     if database.dialect == "postgresql":
         return AdvisoryLock(database.url, holder=holder)
-    return LeaseLock(database, holder=holder, lease_seconds=lease_seconds, clock=clock)
+    return LeaseLock(
+        lease_database(database.url, lease_seconds),
+        holder=holder,
+        lease_seconds=lease_seconds,
+        clock=clock,
+        owns_database=True,
+        admission=admission,
+    )
+
+
+def lease_database(url: str, lease_seconds: float) -> Database:
+    """An SQLite database handle for the lease alone, whose writes give up waiting for the
+    write lock after a third of a lease (the renewal interval).
+
+    The default 30 s wait would outlast the lease: a renewal stuck behind other writers
+    must fail, and be tried again at the next interval while the lease still runs, rather
+    than hang past its expiry.
+    """
+    lease_db = Database(url, pool_size=1)
+    busy_ms = max(1, int(lease_seconds * 1000 / 3))
+
+    @event.listens_for(lease_db.engine, "connect")
+    def _short_wait(dbapi_connection: Any, _record: Any) -> None:
+        # Runs after the engine's own set-up, so this busy_timeout is the one in force.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.close()
+
+    return lease_db

@@ -23,17 +23,17 @@ from apscheduler.jobstores.base import BaseJobStore  # type: ignore[import-untyp
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore  # type: ignore[import-untyped]
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from apscheduler.schedulers.base import STATE_STOPPED  # type: ignore[import-untyped]
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from app.clock import Clock, SystemClock
+from app.collectors.admission import no_admission
 from app.collectors.collect import own_addresses
 from app.config import Settings
 from app.db import Database
+from app.logs import LogThrottle
 from app.metrics import SCHEDULER_JOBS, SCHEDULER_LEADER
-from app.migrate import head_revision
 from app.scheduler.jobs import SchedulerContext, job_family, register_jobs, run_once
 from app.scheduler.lock import LeaderLock, leader_lock, make_holder
+from app.system.schema import inspect_schema
 
 if TYPE_CHECKING:
     from app.collectors.collect import CollectContext
@@ -42,6 +42,10 @@ log = logging.getLogger("pledgewatch.scheduler")
 
 WORKERS = 20
 JOB_TABLE = "apscheduler_jobs"
+# APScheduler logs every failed run of a job here, traceback and all: while the database
+# is down that is every job, every tick. Throttled to one line per failure a minute.
+_JOB_ERRORS = logging.getLogger("apscheduler.executors.default")
+_JOB_ERRORS_THROTTLE = LogThrottle()
 
 
 class _SharedEngineJobStore(SQLAlchemyJobStore):  # type: ignore[misc]
@@ -160,7 +164,11 @@ class SchedulerService:
         self.holder = holder or make_holder()
         # The lease runs on wall time whatever clock the jobs are given.
         self.lock = lock or leader_lock(
-            self.database, holder=self.holder, lease_seconds=settings.scheduler_lease_seconds
+            self.database,
+            holder=self.holder,
+            lease_seconds=settings.scheduler_lease_seconds,
+            # In `serve`, the lease's writes queue at the API's gates like the polls' chunks.
+            admission=collect_context.admission if collect_context is not None else no_admission,
         )
         self.context = SchedulerContext(
             settings=settings,
@@ -171,8 +179,7 @@ class SchedulerService:
             collect_context=collect_context,
         )
         self._register = register
-        self._schema_head = head_revision()
-        self._schema_warned = False
+        self._throttle = LogThrottle()
         # Renew three times per lease: one slow renewal never loses it.
         self._interval = settings.scheduler_lease_seconds / 3
         self._stopping = threading.Event()
@@ -202,6 +209,8 @@ class SchedulerService:
             # Two INFO lines per run ("Running job", "executed successfully") would
             # drown the one structured line each job writes; errors still show.
             apscheduler_log.setLevel(logging.WARNING)
+        if _JOB_ERRORS_THROTTLE not in _JOB_ERRORS.filters:
+            _JOB_ERRORS.addFilter(_JOB_ERRORS_THROTTLE)
         self._thread.start()
         log.info("scheduler started", extra={"holder": self.holder})
 
@@ -240,22 +249,15 @@ class SchedulerService:
 
     def _schema_ready(self) -> bool:
         """Is the database migrated to this code's schema? Jobs need its tables."""
-        try:
-            with self.database.engine.connect() as conn:
-                found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except SQLAlchemyError:
-            found = None
-        ready = found == self._schema_head
-        if not ready and not self._schema_warned:
-            log.warning(
-                "scheduler waiting: schema at %s, expected %s (run `pledgewatch db upgrade`)",
-                found,
-                self._schema_head,
-            )
-        self._schema_warned = not ready
-        return ready
+        state = inspect_schema(self.database.engine.connect)
+        if state.ready:
+            self._throttle.recovered(log, "schema", "scheduler: the schema is at head")
+        else:
+            self._throttle.failed(log, "schema", "scheduler waiting: %s", state.describe())
+        return state.ready
 
     def _lead(self) -> None:
+        self.context.stop_requested.clear()
         executor = TickExecutor(self.context)
         scheduler = build_scheduler(self.database, executor)
         self._scheduler, self._executor = scheduler, executor
@@ -266,7 +268,13 @@ class SchedulerService:
             self._register(scheduler, self.context)
             scheduler.resume()
         except Exception:
-            log.exception("scheduler could not start; will retry")
+            self._throttle.failed(
+                log,
+                "lead",
+                "scheduler could not start; will retry",
+                level=logging.ERROR,
+                exc_info=True,
+            )
             self._step_down()
             return
         self._leading.set()
@@ -275,6 +283,7 @@ class SchedulerService:
 
     def _step_down(self) -> None:
         scheduler, executor = self._scheduler, self._executor
+        self.context.stop_requested.set()
         self._scheduler = self._executor = None
         self.context.scheduler = None
         self._leading.clear()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from app.db import Database
+from app.system.schema import inspect_schema
 
 router = APIRouter(tags=["operations"])
 
@@ -20,23 +20,20 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Not ready: the reason is given."}})
 def readyz(request: Request) -> JSONResponse:
-    """The database answers and its schema is at the migrations' head."""
+    """The database answers and its schema is at the migrations' head.
+
+    Not ready is a 503 whose ``reason`` tells an unreachable database from one whose
+    schema is behind; then ``schema`` gives the revision found, the head this code needs,
+    and the revisions missing (``pledgewatch db upgrade`` applies them).
+    """
     database: Database = request.app.state.database
-    expected: str = request.app.state.schema_head
-    try:
-        with database.probe() as conn:
-            found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except Exception as error:  # any driver error means "not ready", never a 500
-        return JSONResponse(
-            {"status": "unavailable", "reason": f"database unreachable: {type(error).__name__}"},
-            status_code=503,
-        )
-    if found != expected:
-        return JSONResponse(
-            {"status": "unavailable", "reason": f"schema at {found}, expected {expected}"},
-            status_code=503,
-        )
-    return JSONResponse({"status": "ok", "schema": found})
+    state = inspect_schema(database.probe)
+    if state.ready:
+        return JSONResponse({"status": "ok", "schema": state.current})
+    body: dict[str, object] = {"status": "unavailable", "reason": state.describe()}
+    if state.reachable:
+        body["schema"] = {"current": state.current, "head": state.head, "missing": state.missing}
+    return JSONResponse(body, status_code=503)
 
 
 @router.get("/metrics", response_class=Response)

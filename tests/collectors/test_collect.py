@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 from sqlalchemy import func, select
 
 from app.clock import FrozenClock
+from app.collectors import collect as collect_module
+from app.collectors import feeds
 from app.collectors.collect import CollectContext, collect_source
 from app.collectors.fetch import SafeFetcher
 from app.db import Database
+from app.domain.evidence import service as evidence_service
 from app.domain.evidence.models import Evidence, EvidenceLink
 from app.domain.pledges.models import Pledge
 from app.domain.sources.models import Source, SourceRun
@@ -265,3 +271,177 @@ def test_a_disabled_or_deleted_source_is_not_polled(
 def _pledge(database: Database, pledge_id: str) -> Pledge:
     with database.transaction(write=False) as session:
         return session.get_one(Pledge, pledge_id)
+
+
+# --- big feeds: chunks, a cap per run, and the next run going on --------------------------
+
+
+def _csv(rows: int) -> bytes:
+    lines = ["date,value"] + [f"2024-01-{1 + n % 28:02d},{n}" for n in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def add_csv_source(context: CollectContext, url: str) -> str:
+    return add_source(
+        context,
+        url,
+        kind="csv",
+        mapping={"date": "date", "value": "value"},
+        match={},
+        source_type="dataset",
+    )
+
+
+def _collected(database: Database) -> int:
+    with database.transaction(write=False) as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Evidence)
+                .where(Evidence.collected_by == "source:test-feed")
+            )
+            or 0
+        )
+
+
+def test_a_big_feed_is_ingested_in_chunks_capped_per_run_and_continued_next_run(
+    context: CollectContext, server: FeedServer, database: Database, clock: FrozenClock
+) -> None:
+    server.answers["/series.csv"] = Answer(body=_csv(25), content_type="text/csv", etag='"v1"')
+    source_id = add_csv_source(context, server.url("/series.csv"))
+    context.max_items, context.chunk_items = 10, 4
+
+    first = collect_source(context, source_id)
+
+    assert first is not None
+    assert (first.outcome, first.items_seen, first.items_ingested, first.items_left) == (
+        "partial",
+        25,
+        10,
+        15,
+    )
+    assert (first.chunks, first.evidence_added, first.links_added) == (3, 10, 10)
+    (run,) = runs(database)
+    assert (run.outcome, run.items_ingested, run.items_left, run.evidence_added) == (
+        "partial",
+        10,
+        15,
+        10,
+    )
+    assert source(database).etag is None, "the next run must fetch the whole feed again"
+    assert source(database).consecutive_failures == 0
+
+    clock.advance(timedelta(hours=1))
+    second = collect_source(context, source_id)
+    clock.advance(timedelta(hours=1))
+    third = collect_source(context, source_id)
+
+    assert second is not None
+    assert third is not None
+    assert (second.outcome, second.items_ingested, second.items_left) == ("partial", 10, 5)
+    assert (third.outcome, third.items_ingested, third.items_left) == ("ok", 5, 0)
+    assert _collected(database) == 25
+    assert source(database).etag == '"v1"', "a complete run keeps the validator"
+    clock.advance(timedelta(hours=1))
+    fourth = collect_source(context, source_id)
+    assert fourth is not None
+    assert fourth.outcome == "not_modified"
+
+
+def test_items_already_done_are_skipped_and_repeats_within_the_feed_count_once(
+    context: CollectContext, server: FeedServer, database: Database
+) -> None:
+    body = _csv(6)
+    server.answers["/series.csv"] = Answer(body=body + body.split(b"\n", 1)[1])  # rows twice
+    source_id = add_csv_source(context, server.url("/series.csv"))
+    context.max_items = 4
+
+    first = collect_source(context, source_id)
+    second = collect_source(context, source_id)
+    third = collect_source(context, source_id)
+
+    assert first is not None
+    assert second is not None
+    assert third is not None
+    assert (first.items_seen, first.items_ingested, first.items_left) == (12, 4, 2)
+    assert (second.outcome, second.items_ingested, second.items_left) == ("ok", 2, 0)
+    assert (third.outcome, third.items_ingested, third.evidence_added) == ("ok", 0, 0)
+    assert _collected(database) == 6
+
+
+def test_a_run_asked_to_stop_ends_between_chunks_and_leaves_the_rest(
+    context: CollectContext, server: FeedServer, database: Database
+) -> None:
+    server.answers["/series.csv"] = Answer(body=_csv(12), content_type="text/csv")
+    source_id = add_csv_source(context, server.url("/series.csv"))
+    context.chunk_items = 5
+    asked: list[int] = []
+
+    def stop_after_two_chunks() -> bool:
+        asked.append(_collected(database))
+        return len(asked) > 2
+
+    result = collect_source(context, source_id, should_stop=stop_after_two_chunks)
+
+    assert result is not None
+    assert asked == [0, 5, 10], "asked before each chunk, each chunk committed on its own"
+    assert (result.outcome, result.items_ingested, result.items_left) == ("partial", 10, 2)
+    assert _collected(database) == 10
+
+
+def test_each_transaction_of_a_poll_waits_for_its_turn_and_parsing_takes_none(
+    context: CollectContext, server: FeedServer, database: Database
+) -> None:
+    server.answers["/series.csv"] = Answer(body=_csv(9), content_type="text/csv")
+    source_id = add_csv_source(context, server.url("/series.csv"))
+    context.chunk_items = 4
+    turns: list[str] = []
+    parsing = []
+
+    @contextmanager
+    def admission(*, write: bool) -> Iterator[None]:
+        turns.append("write" if write else "read")
+        yield
+
+    real_read_feed = feeds.read_feed
+
+    def read_feed(*args: Any, **kwargs: Any) -> Any:
+        parsing.append(list(turns))
+        return real_read_feed(*args, **kwargs)
+
+    context.admission = admission
+    with patch.object(collect_module, "read_feed", read_feed):
+        result = collect_source(context, source_id)
+
+    assert result is not None
+    assert result.outcome == "ok"
+    # Start the run, [parse], the pledges, one look-up of what is done, three chunks, finish.
+    assert parsing == [["write"]]
+    assert turns == ["write", "read", "read", "write", "write", "write", "write"]
+
+
+def test_a_chunk_that_fails_fails_the_run_which_keeps_what_committed_and_says_what_is_left(
+    context: CollectContext, server: FeedServer, database: Database
+) -> None:
+    server.answers["/series.csv"] = Answer(body=_csv(10), content_type="text/csv")
+    source_id = add_csv_source(context, server.url("/series.csv"))
+    context.chunk_items = 4
+    real_ingest = evidence_service.ingest
+    calls: list[int] = []
+
+    def ingest_failing_the_second_chunk(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise RuntimeError("the disk is full")
+        return real_ingest(*args, **kwargs)
+
+    with patch.object(collect_module, "ingest", ingest_failing_the_second_chunk):
+        result = collect_source(context, source_id)
+
+    assert result is not None
+    assert (result.outcome, result.error) == ("failed", "internal error: RuntimeError")
+    assert (result.items_ingested, result.items_left, result.evidence_added) == (4, 6, 4)
+    (run,) = runs(database)
+    assert (run.outcome, run.items_ingested, run.items_left) == ("failed", 4, 6)
+    assert _collected(database) == 4
+    assert source(database).consecutive_failures == 1

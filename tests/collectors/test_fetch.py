@@ -7,13 +7,17 @@ check a public address with ``check_public_url`` without connecting anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import importlib
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.clock import FrozenClock
+from app.collectors.decode import STEP
 from app.collectors.fetch import FetchError, SafeFetcher, check_public_url
 
 Route = Callable[["Handler"], None]
@@ -809,6 +814,119 @@ def test_compressed_body_is_capped_after_decompression(
         make_fetcher(max_bytes=100 * 1024).fetch(server.url("/bomb"))
 
     assert caught.value.outcome == "too_large"
+
+
+# A real bomb: 50 MB of zeros, a few tens of KiB on the wire.
+BOMB_BYTES = 50 * 1000 * 1000
+FIVE_MIB = 5 * 1024 * 1024
+
+
+def _zlib(level_wbits: int) -> Callable[[bytes], bytes]:
+    def compress(data: bytes) -> bytes:
+        packer = zlib.compressobj(9, zlib.DEFLATED, level_wbits)
+        return packer.compress(data) + packer.flush()
+
+    return compress
+
+
+def _encoders() -> dict[str, Callable[[bytes], bytes]]:
+    encoders: dict[str, Callable[[bytes], bytes]] = {
+        "gzip": gzip.compress,
+        "deflate": _zlib(zlib.MAX_WBITS),
+        "raw-deflate": _zlib(-zlib.MAX_WBITS),  # sent as "deflate", as many servers do
+    }
+    # Optional, as in httpx: tested when installed (importlib: they may have no type stubs).
+    with contextlib.suppress(ImportError):
+        brotli: Any = importlib.import_module("brotli")
+        encoders["br"] = brotli.compress
+    with contextlib.suppress(ImportError):
+        zstandard: Any = importlib.import_module("zstandard")
+        encoders["zstd"] = zstandard.ZstdCompressor().compress
+    return encoders
+
+
+ENCODERS = _encoders()
+
+
+@pytest.mark.parametrize("coding", sorted(ENCODERS))
+def test_a_real_bomb_is_cut_at_the_cap_having_decoded_little_more(
+    server: LocalServer, make_fetcher: Callable[..., SafeFetcher], coding: str
+) -> None:
+    bomb = ENCODERS[coding](b"\0" * BOMB_BYTES)
+    assert len(bomb) < 100 * 1024
+    header = "deflate" if coding == "raw-deflate" else coding
+    server.routes["/bomb"] = lambda h: answer(h, 200, bomb, {"Content-Encoding": header})
+    fetcher = make_fetcher()  # the default 5 MiB cap
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError) as caught:
+            fetcher.fetch(server.url("/bomb"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert caught.value.outcome == "too_large", caught.value
+    # Memory holds the capped body, not the 50 MB; and decoding went a step past the cap at
+    # most (one brotli block more), never through the whole bomb.
+    assert peak < 3 * FIVE_MIB, f"{peak / 1024 / 1024:.1f} MiB allocated at the peak"
+    assert caught.value.bytes_read is not None
+    assert FIVE_MIB < caught.value.bytes_read <= FIVE_MIB + 2 * STEP
+
+
+def test_stacked_encodings_are_each_decoded_a_step_at_a_time(
+    server: LocalServer, make_fetcher: Callable[..., SafeFetcher]
+) -> None:
+    # gzip of gzip: the outer layer is small, the inner one a bomb of its own.
+    bomb = gzip.compress(gzip.compress(b"\0" * BOMB_BYTES))
+    server.routes["/bomb"] = lambda h: answer(h, 200, bomb, {"Content-Encoding": "gzip, gzip"})
+
+    with pytest.raises(FetchError) as caught:
+        make_fetcher().fetch(server.url("/bomb"))
+
+    assert caught.value.outcome == "too_large"
+    assert caught.value.bytes_read is not None
+    assert FIVE_MIB < caught.value.bytes_read <= FIVE_MIB + STEP
+
+
+@pytest.mark.parametrize("coding", sorted(ENCODERS))
+def test_encoded_bodies_under_the_cap_are_decoded_whole(
+    server: LocalServer, make_fetcher: Callable[..., SafeFetcher], coding: str
+) -> None:
+    body = b"".join(b"<item>%d</item>" % n for n in range(100_000))  # 1.4 MiB, many pieces
+    header = "deflate" if coding == "raw-deflate" else coding
+    encoded = ENCODERS[coding](body)
+    server.routes["/feed"] = lambda h: answer(h, 200, encoded, {"Content-Encoding": header})
+
+    assert make_fetcher().fetch(server.url("/feed")).body == body
+
+
+def test_only_decodable_encodings_are_asked_for_and_others_are_refused(
+    server: LocalServer, make_fetcher: Callable[..., SafeFetcher]
+) -> None:
+    server.routes["/packed"] = lambda h: answer(
+        h, 200, b"\x1f\x9d", {"Content-Encoding": "compress"}
+    )
+
+    with pytest.raises(FetchError, match=r"encoded as 'compress', which was not asked for"):
+        make_fetcher(retries=0).fetch(server.url("/packed"))
+
+    asked = server.seen[-1].headers["accept-encoding"].split(", ")
+    assert asked[:2] == ["gzip", "deflate"]
+    assert set(asked) <= {"gzip", "deflate", "br", "zstd"}
+
+
+def test_a_corrupt_gzip_body_is_a_clear_error(
+    server: LocalServer, make_fetcher: Callable[..., SafeFetcher]
+) -> None:
+    server.routes["/broken"] = lambda h: answer(
+        h, 200, b"\x1f\x8b\x08\x00garbage-not-gzip", {"Content-Encoding": "gzip"}
+    )
+
+    with pytest.raises(FetchError, match=r"could not be decoded") as caught:
+        make_fetcher(retries=0).fetch(server.url("/broken"))
+
+    assert caught.value.outcome == "network_error"
 
 
 def test_body_at_the_limit_is_kept(

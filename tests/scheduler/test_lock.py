@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -145,3 +148,31 @@ def test_the_lease_table_keeps_one_row(database: Database, clock: FrozenClock) -
         clock.advance(timedelta(seconds=20))
     with database.transaction(write=False) as session:
         assert session.scalars(select(SchedulerLease.holder)).all() == ["h2"]
+
+
+def test_the_sqlite_lease_renews_on_a_connection_of_its_own_that_waits_a_third_of_a_lease(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    path = tmp_path / "lease.db"
+    shutil.copyfile(sqlite_template, path)
+    database = Database(f"sqlite:///{path}", pool_size=1)
+    lock = leader_lock(database, holder="leader", lease_seconds=3)
+    assert isinstance(lock, LeaseLock)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert lock.try_acquire()
+        lease_engine = lock._database.engine
+        assert lease_engine is not database.engine, "never waits for the pool jobs use"
+        with lease_engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1000
+
+        # Another writer holds SQLite's write lock for longer than the renewal may wait: the
+        # renewal gives up (the lease still runs, so it is still ours) instead of hanging.
+        blocker.execute("BEGIN IMMEDIATE")
+        assert lock.renew(), "not lost: nobody may take it before it expires"
+        blocker.execute("ROLLBACK")
+        assert lock.renew()
+    finally:
+        blocker.close()
+        lock.release()
+        database.dispose()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from app.config import Settings
 from app.db import Database
 from app.main import create_app
 from app.migrate import upgrade
-from app.scheduler.jobs import SchedulerContext, ensure_interval_job
+from app.scheduler.jobs import SchedulerContext, current_context, ensure_interval_job
 from app.scheduler.models import JobRun, SchedulerLease
 from app.scheduler.service import SchedulerService
 from tests.conftest import postgres_database_name, scratch_postgres
@@ -118,11 +119,37 @@ def test_one_service_leads_and_a_stopped_leader_hands_over(
     assert len(set(times)) == len(times)
 
 
+LONG_JOB_STARTED = threading.Event()
+LONG_JOB_SAW_STOP: list[bool] = []
+
+
+def long_job() -> None:
+    """A job that runs until asked to stop (module-level: stored by reference)."""
+    LONG_JOB_STARTED.set()
+    LONG_JOB_SAW_STOP.append(current_context().stop_requested.wait(60))
+
+
+def register_long_job(scheduler: Any, context: SchedulerContext) -> None:
+    ensure_interval_job(scheduler, "long", long_job, seconds=3600, next_run=datetime.now(UTC))
+
+
+def test_stepping_down_asks_running_jobs_to_stop(settings: Settings, database: Database) -> None:
+    LONG_JOB_STARTED.clear()
+    LONG_JOB_SAW_STOP.clear()
+    service = SchedulerService(_fast(settings), database, register=register_long_job)
+    with running(service):
+        assert LONG_JOB_STARTED.wait(30)
+    # stop() waited for the job, which ended as soon as it was asked (a poll between chunks).
+    assert LONG_JOB_SAW_STOP == [True]
+
+
 def test_serve_runs_the_scheduler_unless_disabled(settings: Settings, database: Database) -> None:
     enabled = _fast(settings, scheduler_enabled=True)
     with TestClient(create_app(enabled, database=database)) as client:
         service = client.app.state.scheduler  # type: ignore[attr-defined]
         assert isinstance(service, SchedulerService)
+        # Its polls take their turns at the API's gates, like the API's own writes.
+        assert service.context.collector() is client.app.state.collect_context  # type: ignore[attr-defined]
         assert service.wait_until_leader(10)
         _wait(lambda: bool(_runs(database, "sync-sources")), 10, "the first sync")
     assert not service.alive, "the lifespan stops it"

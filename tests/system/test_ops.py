@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.cli import EXIT_NOT_MIGRATED, EXIT_UNREACHABLE
 from app.clock import FrozenClock
 from app.config import Settings
 from app.db import Database
 from app.logs import JsonFormatter
 from app.main import create_app
-from app.migrate import downgrade, head_revision, upgrade
+from app.migrate import alembic_config, downgrade, head_revision, upgrade
+from tests.conftest import postgres_database_name, scratch_postgres
+from tests.e2e.conftest import free_port
 from tests.factories import pledge_body
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -42,14 +51,31 @@ def test_readyz_is_ok_with_the_schema_at_head(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "schema": head_revision()}
 
 
-def test_readyz_is_503_when_the_schema_is_behind(client: TestClient, db_url: str) -> None:
-    downgrade(db_url, "base")
+def _previous_revision() -> str:
+    previous = (
+        ScriptDirectory.from_config(alembic_config("sqlite://"))
+        .get_revision(head_revision())
+        .down_revision
+    )
+    assert isinstance(previous, str)
+    return previous
+
+
+def test_readyz_names_the_missing_migration_when_the_schema_is_behind(
+    client: TestClient, db_url: str
+) -> None:
+    previous, head = _previous_revision(), head_revision()
+    downgrade(db_url, previous)
     try:
         response = client.get("/readyz")
         assert response.status_code == 503, response.text
         body = response.json()
-        assert body["status"] == "unavailable"
-        assert head_revision() in body["reason"]
+        assert body == {
+            "status": "unavailable",
+            "reason": f"schema at {previous}, this version needs {head} (missing {head}): "
+            "run `pledgewatch db upgrade`",
+            "schema": {"current": previous, "head": head, "missing": [head]},
+        }
         # Liveness does not depend on the database.
         assert client.get("/healthz").status_code == 200
     finally:
@@ -65,7 +91,11 @@ def test_readyz_is_503_on_a_database_never_migrated(tmp_path: Path) -> None:
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         response = test_client.get("/readyz")
     assert response.status_code == 503, response.text
-    assert response.json()["status"] == "unavailable"
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["reason"].startswith(f"never migrated, this version needs {head_revision()}")
+    assert body["schema"]["current"] is None
+    assert body["schema"]["missing"][-1] == head_revision()
 
 
 def test_readyz_is_503_when_the_database_is_unreachable() -> None:
@@ -80,7 +110,123 @@ def test_readyz_is_503_when_the_database_is_unreachable() -> None:
     assert response.status_code == 503, response.text
     body = response.json()
     assert body["status"] == "unavailable"
+    assert body["reason"].startswith("database unreachable: OperationalError")
+    assert "schema" not in body, "nothing is known of the schema"
     assert "secret" not in response.text
+
+
+# --- starting on a database that is not ready ------------------------------------------
+
+
+@pytest.fixture
+def empty_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database that exists and is empty: an SQLite file, or a new PostgreSQL database."""
+    if backend == "sqlite":
+        path = tmp_path / "empty.db"
+        path.touch()
+        yield f"sqlite:///{path}"
+        return
+    with scratch_postgres(postgres_database_name("unmigrated")) as url:
+        yield url
+
+
+def _start(command: str, url: str, *options: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PLEDGEWATCH_DATABASE_URL": url, "PLEDGEWATCH_LOG_LEVEL": "INFO"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", command, *options],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _refusal(command: str, url: str, *options: str) -> tuple[int, str]:
+    process = _start(command, url, *options)
+    try:
+        # A safety net only: before the fix the process served (and logged) for ever.
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"`pledgewatch {command}` did not exit; it wrote:\n{output[-3000:]}")
+    return process.returncode, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["serve", "scheduler"])
+def test_starting_on_an_empty_database_says_what_to_run_in_one_line_and_exits(
+    empty_url: str, command: str
+) -> None:
+    options = ("--port", str(free_port())) if command == "serve" else ()
+
+    status, output = _refusal(command, empty_url, *options)
+
+    assert status == EXIT_NOT_MIGRATED, output
+    (line,) = output.splitlines()
+    assert line.startswith("database ")
+    assert line.endswith(
+        f"never migrated, this version needs {head_revision()} "
+        f"(missing {', '.join(_all_revisions())}): run `pledgewatch db upgrade`"
+    )
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_starting_on_a_schema_behind_names_the_missing_revision(empty_url: str) -> None:
+    upgrade(empty_url, _previous_revision())
+
+    status, output = _refusal("serve", empty_url, "--port", str(free_port()))
+
+    assert status == EXIT_NOT_MIGRATED, output
+    assert output.strip().endswith(
+        f"schema at {_previous_revision()}, this version needs {head_revision()} "
+        f"(missing {head_revision()}): run `pledgewatch db upgrade`"
+    )
+
+
+@pytest.mark.slow
+def test_starting_on_an_unreachable_database_says_so_and_exits() -> None:
+    status, output = _refusal("serve", "postgresql://nobody:secret@127.0.0.1:1/nothing")
+
+    assert status == EXIT_UNREACHABLE, output
+    (line,) = output.splitlines()
+    assert "database unreachable: OperationalError" in line
+    assert "secret" not in output
+
+
+@pytest.mark.slow
+def test_serve_waits_quietly_for_the_migrations_when_asked_to(
+    empty_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    process = _start("serve", empty_url, "--port", str(port), "--wait-for-migrations")
+    try:
+        assert process.stdout is not None
+        waiting = process.stdout.readline()
+        assert waiting.rstrip().endswith("run `pledgewatch db upgrade`; waiting"), waiting
+        assert process.poll() is None, "it waits instead of exiting"
+
+        upgrade(empty_url)
+
+        ready = False
+        for _ in range(600):
+            with contextlib.suppress(httpx.TransportError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            if ready or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready, "it serves once the schema is at head"
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "waiting" not in output, "one line while waiting (read above), not one per check"
+    assert "Traceback" not in output
+
+
+def _all_revisions() -> list[str]:
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [script.revision for script in scripts.walk_revisions()][::-1]
 
 
 # --- metrics ----------------------------------------------------------------------------

@@ -53,11 +53,13 @@ class Source(Base):
 
 
 class SourceRun(Base):
-    """One poll of a source: when, how it ended, and what it brought."""
+    """One poll of a source: when, how it ended, what it brought, and what it left for the next."""
 
     __tablename__ = "source_run"
     __table_args__ = (
-        CheckConstraint("outcome IN ('running', 'ok', 'not_modified', 'failed')", name="outcome"),
+        CheckConstraint(
+            "outcome IN ('running', 'ok', 'not_modified', 'failed', 'partial')", name="outcome"
+        ),
         Index("ix_source_run_source_started", "source_id", "started_at", "id"),
     )
 
@@ -71,3 +73,7 @@ class SourceRun(Base):
     evidence_added: Mapped[int] = mapped_column(Integer, default=0)
     links_added: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Items of the feed taken through ingest by this run (new or already known), and the
+    # items it left for the next run (a run ingests at most so many: outcome "partial").
+    items_ingested: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    items_left: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

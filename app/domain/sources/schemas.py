@@ -10,7 +10,8 @@ from app.redact import redact_text, redact_url
 from app.types import RequiredText, Slug, StorableStr, StrictCount
 
 SourceKind = Literal["rss", "json", "csv"]
-RunOutcome = Literal["running", "ok", "not_modified", "failed"]
+# partial: the run ingested as many items as a run may; the next run goes on with the rest.
+RunOutcome = Literal["running", "ok", "not_modified", "failed", "partial"]
 Phrase = Annotated[RequiredText, Field(max_length=200)]
 Phrases = Annotated[list[Phrase], Field(max_length=50)]
 
@@ -134,6 +135,12 @@ class RunOut(BaseModel):
     evidence_added: int
     links_added: int
     error: StorableStr | None
+    items_ingested: int = Field(
+        description="Items of the feed this run took through ingest (new or already known)."
+    )
+    items_left: int = Field(
+        description="Items not yet ingested, left for the next run (outcome partial)."
+    )
 
     def redacted(self) -> RunOut:
         """This run as anyone but an admin may see it: the URLs in its error without secrets."""

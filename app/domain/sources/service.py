@@ -176,6 +176,8 @@ def start_run(session: Session, source_id: str, *, now: datetime) -> SourceRun:
         items_seen=0,
         evidence_added=0,
         links_added=0,
+        items_ingested=0,
+        items_left=0,
     )
     session.add(run)
     session.flush()
@@ -194,6 +196,8 @@ def run_out(run: SourceRun) -> RunOut:
         evidence_added=run.evidence_added,
         links_added=run.links_added,
         error=run.error,
+        items_ingested=run.items_ingested,
+        items_left=run.items_left,
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from app.domain.status.schemas import StatusQuery
+from app.logs import LogThrottle
 
 
 def status_etag(revision: int, today: date, query: StatusQuery) -> str:
@@ -222,11 +223,15 @@ class RevisionWatch:
     async def poll(self, read: Callable[[], Awaitable[RevisionState]]) -> None:
         """Read the state every ``poll_seconds`` until cancelled (errors: retried next time)."""
         log = logging.getLogger("pledgewatch.status")
+        # Polled ten times a second: an outage is reported once a minute, not each time.
+        throttle = LogThrottle()
         while True:
             generation = self._generation
             try:
                 self.offer(await read(), generation)
             except Exception:  # a database hiccup must not end the polling
-                log.warning("reading the revision failed; retrying", exc_info=True)
+                throttle.failed(log, "read", "reading the revision failed; retrying", exc_info=True)
                 self.invalidate()
+            else:
+                throttle.recovered(log, "read", "reading the revision again")
             await asyncio.sleep(self.poll_seconds)
