@@ -86,3 +86,9 @@ WEBHOOK_ATTEMPTS = Counter(
     "later; failed: failed for the last time).",
     ["outcome"],
 )
+DB_ADMISSIONS_REFUSED = Counter(
+    "pledgewatch_db_admissions_refused_total",
+    "Requests refused with 503 before reaching the database, by reason (queue_full: too many "
+    "already waited; timeout: waited PLEDGEWATCH_DB_QUEUE_TIMEOUT_SECONDS).",
+    ["reason"],
+)
