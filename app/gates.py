@@ -67,6 +67,20 @@ def current_admission() -> Admission | None:
     return admission if admission is not None and admission.active else None
 
 
+def refuse_nesting(wanted: str) -> None:
+    """Raise ``NestedAdmission`` (logged) if this task holds an admission: for what waits for
+    a database slot, here or in another task on this one's behalf (``wanted`` names it)."""
+    if current_admission() is None:
+        return
+    message = (
+        f"a task holding a database admission asked for {wanted}: it would wait for itself "
+        "once every slot is held that way; release the first one before asking again (or "
+        "do the work inside it)"
+    )
+    log.error(message, stack_info=True)
+    raise NestedAdmission(message)
+
+
 class DatabaseGates:
     """One per app: ``connections`` slots, a single writer's turn on SQLite, bounded waits.
 
@@ -105,15 +119,7 @@ class DatabaseGates:
         Raises ``NestedAdmission`` when this task already holds one, and ``DatabaseBusy``
         when the wait would be, or has been, too long (never for ``background``).
         """
-        held = current_admission()
-        if held is not None:
-            message = (
-                "a task holding a database admission asked for another: it would wait for "
-                "itself once every slot is held that way; release the first one before "
-                "asking again (or do the work inside it)"
-            )
-            log.error(message, stack_info=True)
-            raise NestedAdmission(message)
+        refuse_nesting("another")
         lock = self._writer if write else None
         if not self._enter_now(lock):
             await self._wait_to_enter(lock, background=background)

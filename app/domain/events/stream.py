@@ -44,7 +44,7 @@ from app.db import Database
 from app.domain.events.service import EVENT_KINDS, Event, read_events
 from app.domain.ledger.service import Head, add_listener, read_head, remove_listener
 from app.errors import DatabaseBusy, DomainError
-from app.gates import DatabaseGates
+from app.gates import DatabaseGates, refuse_nesting
 from app.metrics import SSE_STREAMS, SSE_STREAMS_REFUSED
 
 log = logging.getLogger("pledgewatch.events")
@@ -224,6 +224,8 @@ class EventBroadcaster:
         Read by the reader task's next round, which every caller until then shares.
         Bounded like any admission: ``DatabaseBusy`` when the database is too busy.
         """
+        # The reader task takes a slot for this: waiting for it while holding one is nesting.
+        refuse_nesting("the ledger's head")
         if self._reader is None:
             # Not started (a broadcaster driven by hand): read it here.
             async with self._gates.admit(write=False):
