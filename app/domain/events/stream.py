@@ -323,8 +323,10 @@ class EventBroadcaster:
     async def _read_new(self, waiting: asyncio.Future[int] | None) -> int:
         while True:
             after = self.recent.read_through
+            # With no stream to hand them to, events far behind the head are not worth reading.
+            reach = self.recent.capacity if self._followers == 0 else None
             async with self._gates.admit(write=False, background=True):
-                head, events = await anyio.to_thread.run_sync(self._read_round, after)
+                head, events = await anyio.to_thread.run_sync(self._read_round, after, reach)
             if waiting is not None:
                 if not waiting.done():
                     waiting.set_result(head)
@@ -342,14 +344,13 @@ class EventBroadcaster:
             if not full:
                 return head
 
-    def _read_round(self, after: int | None) -> tuple[int, list[Event] | None]:
+    def _read_round(self, after: int | None, reach: int | None) -> tuple[int, list[Event] | None]:
         """The head, and the next page of events after ``after``; no page (None) when the
         buffer must start afresh at the head: nothing read yet, the ledger shorter than
-        before (a database restored), or more written since than the buffer would keep
-        (the streams then read that much for themselves, as any stream behind does)."""
+        before (a database restored), or more than ``reach`` entries behind the head."""
         with self._database.transaction(write=False) as session:
             head = read_head(session).length
-            if after is None or head < after or head - after > self.recent.capacity:
+            if after is None or head < after or (reach is not None and head - after > reach):
                 return head, None
             if head == after:
                 return head, []

@@ -308,12 +308,12 @@ def test_the_poll_survives_a_failing_database(
         broadcaster = make_broadcaster(database, poll_seconds=0.01)
         real = broadcaster._read_round
 
-        def flaky(after: int | None) -> Any:
+        def flaky(after: int | None, reach: int | None) -> Any:
             # Only the reader's rounds fail: the stream's own first page is read as usual.
             attempts.append(1)
             if len(attempts) <= 3:
                 raise OperationalError("SELECT", {}, Exception("the server is restarting"))
-            return real(after)
+            return real(after, reach)
 
         broadcaster._read_round = flaky  # type: ignore[method-assign]
         async with started(broadcaster):
@@ -479,7 +479,7 @@ def test_a_slow_stream_the_buffer_moved_past_catches_up_one_page_at_a_time(
     taken, own_reads, kept = asyncio.run(scenario())
 
     assert [event.seq for event in taken] == status_seqs(database)
-    assert kept <= 4
+    assert kept == 4
     # Behind the buffer, the stream read for itself: a page at a time, each only once every
     # event of the one before had been handed on.
     assert own_reads
@@ -510,3 +510,21 @@ def test_the_buffer_keeps_the_most_recent_events_and_says_how_far_back_it_reache
     assert not recent.covers(11)
     assert recent.next_after(12) == event_at(13)
     assert recent.read_through == 20
+
+
+def test_with_no_stream_open_events_far_behind_the_head_are_not_read(
+    database: Database, clock: FrozenClock, reads: list[int]
+) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        broadcaster = make_broadcaster(database, page_size=3, buffer_events=3)
+        async with started(broadcaster):
+            await broadcaster.current_head()
+            # Nobody follows while more is written than the buffer would keep.
+            await asyncio.to_thread(write_pledges, database, clock, *(f"p-{n}" for n in range(5)))
+            head = await broadcaster.current_head()
+            return head, len(broadcaster.recent), broadcaster.recent.floor
+
+    head, kept, floor = asyncio.run(scenario())
+
+    assert reads == []
+    assert (kept, floor) == (0, head)
