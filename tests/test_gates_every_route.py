@@ -93,27 +93,31 @@ class Seeded:
 
 def requests_for(seed: Seeded) -> dict[tuple[str, str], list[Call]]:
     """A valid request (or several) for every route, keyed by method and route path."""
-    pledge = f"{API}/pledges/{seed.pledge}"
-    link = [{"pledge_id": seed.pledge, "stance": "supports"}]
-    source = {
-        "id": seed.source,
-        "name": "Walk",
-        "kind": "rss",
-        "url": "http://127.0.0.1:9/feed.xml",
-        "pledges": [seed.pledge],
-        "source_type": "independent",
-        "reliability": "high",
-    }
+    return {**_outside_the_api(), **_pledges_and_evidence(seed), **_the_rest_of_the_api(seed)}
+
+
+def _outside_the_api() -> dict[tuple[str, str], list[Call]]:
     table: dict[tuple[str, str], list[Call]] = {}
     for path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
         table[("GET", path)] = [Call("GET", path, role=None)]
         table[("HEAD", path)] = [Call("HEAD", path, role=None)]
-    table |= {
+    return table | {
         ("PUT", "/bench/reference/status"): [
             Call("PUT", "/bench/reference/status", role=None, content=b'{"pledges": []}')
         ],
         ("GET", "/bench/reference/status"): [Call("GET", "/bench/reference/status", role=None)],
         ("GET", "/bench/reference/empty"): [Call("GET", "/bench/reference/empty", role=None)],
+        ("GET", "/healthz"): [Call("GET", "/healthz", role=None)],
+        ("GET", "/readyz"): [Call("GET", "/readyz", role=None)],
+        ("GET", "/metrics"): [Call("GET", "/metrics", role=None)],
+        ("GET", "/demo/feed.xml"): [Call("GET", "/demo/feed.xml", role=None)],
+    }
+
+
+def _pledges_and_evidence(seed: Seeded) -> dict[tuple[str, str], list[Call]]:
+    pledge = f"{API}/pledges/{seed.pledge}"
+    link = [{"pledge_id": seed.pledge, "stance": "supports"}]
+    return {
         ("GET", f"{API}/pledges"): [Call("GET", f"{API}/pledges"), Call("GET", f"{API}/pledges")],
         ("POST", f"{API}/pledges"): [
             Call("POST", f"{API}/pledges", "analyst", pledge_body(id="walk-new")),
@@ -161,6 +165,20 @@ def requests_for(seed: Seeded) -> dict[tuple[str, str], list[Call]]:
         ("POST", f"{API}/pledges/{{pledge_id}}/status"): [
             Call("POST", f"{pledge}/status", "analyst", {"status": "in_progress", "reason": "W."})
         ],
+    }
+
+
+def _the_rest_of_the_api(seed: Seeded) -> dict[tuple[str, str], list[Call]]:
+    source = {
+        "id": seed.source,
+        "name": "Walk",
+        "kind": "rss",
+        "url": "http://127.0.0.1:9/feed.xml",
+        "pledges": [seed.pledge],
+        "source_type": "independent",
+        "reliability": "high",
+    }
+    return {
         ("GET", f"{API}/status"): [
             # Anonymous and plain: the fast path; with a key and a date: the view.
             Call("GET", f"{API}/status", role=None),
@@ -221,12 +239,7 @@ def requests_for(seed: Seeded) -> dict[tuple[str, str], list[Call]]:
         ],
         ("GET", f"{API}/ledger"): [Call("GET", f"{API}/ledger")],
         ("GET", f"{API}/ledger/verify"): [Call("GET", f"{API}/ledger/verify")],
-        ("GET", "/healthz"): [Call("GET", "/healthz", role=None)],
-        ("GET", "/readyz"): [Call("GET", "/readyz", role=None)],
-        ("GET", "/metrics"): [Call("GET", "/metrics", role=None)],
-        ("GET", "/demo/feed.xml"): [Call("GET", "/demo/feed.xml", role=None)],
     }
-    return table
 
 
 def routes_of(app: FastAPI) -> list[tuple[str, str]]:
