@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # most, never for a whole feed.
     collect_max_items_per_run: int = Field(default=10_000, gt=0)
     collect_chunk_items: int = Field(default=500, gt=0)
+    # Admission to the database: a request waiting for a connection slot is refused with
+    # 503 and Retry-After when this many already wait, or once it has waited this long,
+    # so that overload is shed with bounded memory instead of queued without end.
+    db_queue_max: int = Field(default=500, gt=0)
+    db_queue_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -92,3 +92,15 @@ class Forbidden(DomainError):
     status = 403
     title = "Forbidden"
     type_suffix = "forbidden"
+
+
+class DatabaseBusy(DomainError):
+    """Too many requests already wait for the database, or this one waited too long: the
+    request is shed (503) so that overload costs bounded memory and time."""
+
+    status = 503
+    title = "Service unavailable"
+    type_suffix = "database-busy"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})

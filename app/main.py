@@ -102,6 +102,8 @@ def create_app(
         app.state.gates = DatabaseGates(
             connections=settings.db_pool_size * 2,
             single_writer=app.state.database.dialect == "sqlite",
+            queue_max=settings.db_queue_max,
+            queue_timeout_seconds=settings.db_queue_timeout_seconds,
         )
         app.state.schema_head = head_revision()
         app.state.keys = KeyDirectory(

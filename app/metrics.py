@@ -106,3 +106,9 @@ LEDGER_VERIFY_ANSWERS = Counter(
     "same head; run: waited for a run; not_modified: 304; gone: the client left first).",
     ["how"],
 )
+DB_ADMISSIONS_REFUSED = Counter(
+    "pledgewatch_db_admissions_refused_total",
+    "Requests refused with 503 before reaching the database, by reason (queue_full: too many "
+    "already waited; timeout: waited PLEDGEWATCH_DB_QUEUE_TIMEOUT_SECONDS).",
+    ["reason"],
+)

@@ -30,7 +30,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench import coherence, ingest, load, peer
+from bench import coherence, fanout, ingest, load, peer
 from bench.generate import SERVICE_START, Size, fingerprint, generate
 from bench.load import Load, LoadResult
 from bench.report import Row, at_least, at_most, not_measured, render, rps
@@ -39,10 +39,12 @@ from bench.server import Server, pledgewatch_server
 API = "/api/v1"
 RSS_LIMIT_MB = 250.0
 COHERENCE_LIMIT_S = 1.0
+# Target 9: from a change's commit to the last of the open /events streams receiving it.
+FANOUT_LIMIT_S = 1.0
 # An as_of answer slower than this is not load-tested: one timed request stands for it.
 SLOW_REQUEST_S = 2.0
 # What ``--only`` may choose (scaling and peer need main's figures).
-PARTS = frozenset({"main", "scaling", "peer", "postgres"})
+PARTS = frozenset({"main", "scaling", "peer", "postgres", "fanout"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,9 @@ class Plan:
     ingest_batches: int
     # The longest one /status?as_of= request is waited for.
     probe_timeout: float
+    # Target 9: open /events streams, and status changes timed on all of them.
+    fanout_streams: int = 1000
+    fanout_changes: int = 10
 
 
 PLANS = {
@@ -88,6 +93,7 @@ PLANS = {
         connections=32,
         ingest_batches=1,
         probe_timeout=3,
+        fanout_changes=3,
     ),
 }
 
@@ -268,6 +274,8 @@ class Bench:
                 self.datasette(main_file)
         if "postgres" in parts:
             self.postgres()
+        if "fanout" in parts:
+            self.fanout(main_file, api_key)
         self.rows["7"] = at_most(
             "7 peak RSS of a server",
             f"{self.peak_rss_mb:.0f} MB",
@@ -284,7 +292,7 @@ class Bench:
             for key in ("3b", "5b"):
                 if key in self.rows:
                     self.rows[key] = replace(self.rows[key], note=f"as_of {slow}")
-        order = ["1", "2", "3a", "3b", "4", "5a", "5b", "6", "7", "8a", "8b", "8c"]
+        order = ["1", "2", "3a", "3b", "4", "5a", "5b", "6", "7", "8a", "8b", "8c", "9"]
         return [self.rows[key] for key in order if key in self.rows]
 
     def main_server(self, database_file: Path, api_key: str) -> None:
@@ -443,6 +451,41 @@ class Bench:
             self.main_as_of.rps,
             datasette.rps,
             1,
+        )
+
+    def fanout(self, database_file: Path, api_key: str) -> None:
+        """Target 9: one status change, ``fanout_streams`` open /events streams."""
+        streams = self.plan.fanout_streams
+        # The server inherits this process's limit of open files: a socket per stream.
+        fanout.raise_open_files_limit(streams)
+        with pledgewatch_server(
+            f"sqlite:///{database_file}",
+            self.logs / "server-fanout.log",
+            extra_env={"PLEDGEWATCH_SSE_MAX_CLIENTS": str(streams + 100)},
+        ) as server:
+            pledge_id = httpx.get(f"{server.base_url}{API}/status", timeout=120).json()["pledges"][
+                0
+            ]["id"]
+            result = fanout.measure(
+                server.base_url,
+                analyst_key=api_key,
+                pledge_id=pledge_id,
+                streams=streams,
+                changes=self.plan.fanout_changes,
+            )
+            self.note_rss(server)
+        say(
+            f"fan-out to {streams:,} streams: median {result.median_ms:.0f} ms, "
+            f"p99 {result.p99_ms:.0f} ms, last stream {max(result.last_stream_ms):.0f} ms"
+        )
+        self.figures.other["fanout"] = asdict(result)
+        self.rows["9"] = at_most(
+            f"9 /events fan-out p99, {streams:,} streams",
+            f"{result.p99_ms:,.0f} ms (median {result.median_ms:,.0f})",
+            f"{FANOUT_LIMIT_S:.0f} s",
+            result.p99_ms / 1000,
+            FANOUT_LIMIT_S,
+            1.0,
         )
 
     def postgres(self) -> None:

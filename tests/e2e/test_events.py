@@ -8,6 +8,7 @@ the same or another server process, or straight to the database from this proces
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -295,6 +296,102 @@ def test_the_server_stops_promptly_with_streams_open(db_url: str, tmp_path: Path
 
     assert stopped_in < 5
     assert not any(message.is_event for message in leftovers)
+    errors = [line for line in log_path.read_text().splitlines() if '"level": "error"' in line]
+    assert errors == []
+
+
+# --- bursts: no stream holds the database, and a burst never wedges the server ------------------
+
+# More streams arriving at once than the server has database slots (20 by default): each
+# once held a slot while it waited for a second, and every database endpoint hung for ever.
+BURST = 45
+
+
+def event_requests(
+    base: str, count: int, headers: dict[str, str] | None = None
+) -> list[socket.socket]:
+    """``count`` raw ``GET /events`` requests, connected first, then all sent within a few ms."""
+    url = httpx.URL(base)
+    lines = [f"GET {API}/events HTTP/1.1", f"Host: {url.host}", "Accept: text/event-stream"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    sockets = [
+        socket.create_connection((url.host, url.port or 80), timeout=READ_TIMEOUT)
+        for _ in range(count)
+    ]
+    for sock in sockets:
+        sock.sendall(request)
+    return sockets
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What the socket sends until ``marker`` (or its end); each read within the timeout."""
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@contextmanager
+def closing_all(sockets: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_burst_of_event_streams_leaves_every_database_endpoint_answering(
+    live_server: str, keys: Keys, database: Database
+) -> None:
+    new_pledge(live_server, keys)
+    anonymous = event_requests(live_server, BURST)
+    # Authenticated ones too: their key is looked up before they are admitted.
+    viewers = event_requests(live_server, BURST // 3, headers=keys["viewer"])
+
+    with closing_all(anonymous + viewers) as streams:
+        # A liveness check, not a timing one: a wedged server never answers these.
+        listing = httpx.get(f"{live_server}{API}/pledges", timeout=10)
+        body = {"status": "in_progress", "reason": "Seen during a burst."}
+        written = httpx.post(
+            f"{live_server}{API}/pledges/{PLEDGE_ID}/status",
+            json=body,
+            headers=keys["analyst"],
+            timeout=10,
+        )
+        received = [read_until(sock, b"event: status.changed") for sock in streams]
+
+    assert listing.status_code == 200, listing.text
+    assert [pledge["id"] for pledge in listing.json()["items"]] == [PLEDGE_ID]
+    assert written.status_code == 201, written.text
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in received)
+    # Every stream is live: each received the change.
+    [(seq, _)] = ledger_events(database)[-1:]
+    assert all(f"id: {seq}\nevent: status.changed".encode() in answer for answer in received)
+
+
+def test_sigterm_stops_the_server_promptly_with_many_streams_open_and_arriving(
+    db_url: str, tmp_path: Path, keys: Keys
+) -> None:
+    log_path = tmp_path / "server.log"
+    with ExitStack() as server:
+        base = server.enter_context(running_server(db_url, log_path))
+        new_pledge(base, keys)
+        with closing_all(event_requests(base, BURST)) as streams:
+            opened = [read_until(sock, b"retry: ") for sock in streams]
+            # And more, still being answered when the signal comes.
+            with closing_all(event_requests(base, BURST, headers=keys["viewer"])):
+                started = time.monotonic()
+                # running_server stops its process with SIGTERM, then waits up to 10 s
+                # before it kills it: far longer than a clean stop takes.
+                server.close()
+                stopped_in = time.monotonic() - started
+
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in opened)
+    assert stopped_in < 8
     errors = [line for line in log_path.read_text().splitlines() if '"level": "error"' in line]
     assert errors == []
 

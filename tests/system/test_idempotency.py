@@ -583,12 +583,12 @@ class CountingGates(DatabaseGates):
         self.most = 0
 
     @asynccontextmanager
-    async def admit(self, *, write: bool) -> AsyncIterator[None]:
+    async def admit(self, *, write: bool, background: bool = False) -> AsyncIterator[None]:
         if not write:
-            async with self._inner.admit(write=write):
+            async with self._inner.admit(write=write, background=background):
                 yield
             return
-        async with self._inner.admit(write=write):
+        async with self._inner.admit(write=write, background=background):
             self.held += 1
             self.most = max(self.most, self.held)
             try:

@@ -249,7 +249,8 @@ async def read_revision_state(app: Any) -> RevisionState:
         with database.transaction(write=False) as session:
             return current_revision_and_head(session)
 
-    async with app.state.gates.admit(write=False):
+    # One task per process: it waits its turn however long the queue, and is never shed.
+    async with app.state.gates.admit(write=False, background=True):
         return await anyio.to_thread.run_sync(read)
 
 

@@ -26,8 +26,8 @@ class RecordingGates(DatabaseGates):
         self.admissions = 0
 
     @asynccontextmanager
-    async def admit(self, *, write: bool) -> AsyncIterator[None]:
-        async with super().admit(write=write):
+    async def admit(self, *, write: bool, background: bool = False) -> AsyncIterator[None]:
+        async with super().admit(write=write, background=background):
             self.held += 1
             self.admissions += 1
             self.most = max(self.most, self.held)
