@@ -17,7 +17,7 @@ from app.domain.idempotency.handover import KeyRules, context_of
 from app.domain.keys.directory import KeyDirectory
 from app.domain.keys.service import ANONYMOUS, Principal
 from app.errors import Forbidden, Unauthorized
-from app.gates import DatabaseGates
+from app.gates import DatabaseGates, adopt
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -86,7 +86,7 @@ async def _admitted_until_settled(request: Request) -> AsyncIterator[None]:
         async with admission:
             yield
         return
-    await context.hold(admission)
+    adopt(await context.hold(admission))
     try:
         yield
     finally:

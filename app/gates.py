@@ -67,6 +67,20 @@ def current_admission() -> Admission | None:
     return admission if admission is not None and admission.active else None
 
 
+def adopt(admission: Admission | None) -> Admission | None:
+    """Make ``admission``, held by a helper task on this task's (or thread's) behalf, its
+    own; returns what it held before, to adopt back when done.
+
+    A keyed POST's admission is held by a task of the idempotency middleware (released
+    once the answer is stored, possibly from another task), a feed poll's by a task on the
+    event loop for the poll's thread; adopting it refuses nesting there too, and lets
+    audits see the connection as admitted. It lapses when the holder releases it.
+    """
+    before = _current.get()
+    _current.set(admission)
+    return before
+
+
 def refuse_nesting(wanted: str) -> None:
     """Raise ``NestedAdmission`` (logged) if this task holds an admission: for what waits for
     a database slot, here or in another task on this one's behalf (``wanted`` names it)."""

@@ -99,7 +99,7 @@ def _validation(request: Request, exc: Exception) -> Response:
     )
 
 
-def _domain(request: Request, exc: Exception) -> Response:
+def _domain(request: Request | None, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     return problem_response(
         exc.status,
@@ -221,7 +221,8 @@ def _unavailable(exc: BaseException, request_id: str | None = None) -> Response:
 
 
 class DatabaseUnavailableMiddleware:
-    """Answers 503 for the database errors of the middleware inside it (idempotency keys).
+    """Answers 503 for the database errors of the middleware inside it (idempotency keys),
+    and a problem for its domain errors (a 503 when the gates shed its admission).
 
     Without it they would reach Starlette's outermost handler, which re-raises after its
     answer: uvicorn then logs a traceback per request and closes the client's keep-alive
@@ -245,6 +246,10 @@ class DatabaseUnavailableMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except DomainError as error:
+            if started:
+                raise
+            await _domain(None, error)(scope, receive, send)
         except Exception as error:
             if started or not database_unavailable(error):
                 raise

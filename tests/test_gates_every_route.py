@@ -45,22 +45,11 @@ from app.main import create_app
 from tests.domain.events.support import AsgiStream
 from tests.factories import Keys, evidence_body, pledge_body
 
+DOOMED_KEY = "walk-doomed-key"
+ROTATED_KEY = "walk-rotated-key"
 API = "/api/v1"
 # A liveness bound, not a timing assertion: a call that nests on one slot never ends.
 CALL_TIMEOUT = 20.0
-# Database use outside any admission that this test reports but does not fail on yet:
-# (method, route) -> who is changing it. Nesting is never excused.
-KNOWN_UNADMITTED = {
-    # Reads the whole ledger on the Database, without a slot; being rewritten (issue 10,
-    # defect 2: one verify at a time, cached per head, off the ordinary readers' slots).
-    ("GET", f"{API}/ledger/verify"): "ledger verify rewrite",
-    # A readiness probe opens its own connection, so that it answers while the gates are
-    # full; being reworked with the start-up checks (issue 10, defect 9).
-    ("GET", "/readyz"): "readiness rework",
-    # The poll started by the route runs after the answer as a background task, on the
-    # collectors' own transactions (issue 10, defect 3 reworks polls into chunks).
-    ("POST", f"{API}/sources/{{source_id}}/run"): "collectors' chunked polls",
-}
 
 
 @dataclass(frozen=True)
@@ -239,6 +228,17 @@ def _the_rest_of_the_api(seed: Seeded) -> dict[tuple[str, str], list[Call]]:
         ],
         ("GET", f"{API}/ledger"): [Call("GET", f"{API}/ledger")],
         ("GET", f"{API}/ledger/verify"): [Call("GET", f"{API}/ledger/verify")],
+        ("GET", f"{API}/keys"): [Call("GET", f"{API}/keys", "admin")],
+        ("POST", f"{API}/keys"): [
+            Call("POST", f"{API}/keys", "admin", {"name": "walk-key-new", "role": "viewer"})
+        ],
+        ("GET", f"{API}/keys/{{name}}"): [Call("GET", f"{API}/keys/collector", "admin")],
+        ("POST", f"{API}/keys/{{name}}/revoke"): [
+            Call("POST", f"{API}/keys/{DOOMED_KEY}/revoke", "admin")
+        ],
+        ("POST", f"{API}/keys/{{name}}/rotate"): [
+            Call("POST", f"{API}/keys/{ROTATED_KEY}/rotate", "admin", {})
+        ],
     }
 
 
@@ -373,6 +373,8 @@ async def seed(
     seeded.doomed_webhook = (await post("/webhooks", "admin", {"url": "http://127.0.0.1:9/b"}))[
         "id"
     ]
+    for name in (DOOMED_KEY, ROTATED_KEY):
+        await post("/keys", "admin", {"name": name, "role": "collector"})
     return seeded
 
 
@@ -444,26 +446,10 @@ def test_no_route_takes_a_second_database_slot_while_holding_one(
     assert missing == [], "routes without a request in requests_for"
     assert audit.problems == [], "\n".join(audit.problems)
     assert {label: answer for label, answer in answers.items() if answer[0] >= 400} == {}
-    excused = {
-        route: [label for label in audit.unadmitted if _fits(label, route)]
-        for route in KNOWN_UNADMITTED
-    }
-    unexpected = audit.unadmitted - {label for labels in excused.values() for label in labels}
-    assert unexpected == set(), "database use outside any admission"
-    stale = [route for route, labels in excused.items() if not labels]
-    assert stale == [], "these routes now admit: remove them from KNOWN_UNADMITTED"
-
-
-def _fits(label: str, route: tuple[str, str]) -> bool:
-    """Whether a call's label (method, path, query) is a call of ``route``."""
-    method, _, rest = label.partition(" ")
-    parts = rest.split("?", 1)[0].strip("/").split("/")
-    wanted = route[1].strip("/").split("/")
-    return (
-        method == route[0]
-        and len(parts) == len(wanted)
-        and all(w.startswith("{") or w == p for p, w in zip(parts, wanted, strict=True))
-    )
+    # Every pooled connection is taken under an admission. (/ledger/verify and /readyz use
+    # connections of their own, outside the pool, so that neither waits for nor takes a
+    # slot that ordinary requests need.)
+    assert audit.unadmitted == set(), "database use outside any admission"
 
 
 # --- the walk catches what once wedged the server ------------------------------------------------

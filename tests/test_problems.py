@@ -25,6 +25,7 @@ from app.clock import FrozenClock
 from app.config import Settings
 from app.db import Database
 from app.domain.keys.service import create_key
+from app.errors import DatabaseBusy
 from app.main import create_app
 from app.middleware import RequestContextMiddleware
 from app.problems import (
@@ -152,6 +153,19 @@ def test_it_is_503_when_a_middleware_meets_it_too(
     app = _app_raising(make_error, in_middleware=True, guarded=guarded)
     with TestClient(app, raise_server_exceptions=guarded) as client:
         _assert_unavailable(client.get("/boom"))
+
+
+def test_a_middleware_shed_by_the_gates_answers_their_503_problem() -> None:
+    """The gates refuse a middleware's own admission (the idempotency middleware keeping a
+    4xx answer) as they refuse a request's: 503 with Retry-After, never a 500."""
+    app = _app_raising(
+        lambda: DatabaseBusy("too many requests wait for the database", retry_after_seconds=2),
+        in_middleware=True,
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert problem(response, 503)["type"].endswith("/database-busy")
+    assert response.headers["retry-after"] == "2"
 
 
 @pytest.mark.parametrize("make_error", DEFECTS.values(), ids=DEFECTS.keys())

@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol
 
+from app.gates import Admission as GatesAdmission
+from app.gates import adopt, current_admission
+
 # How often a waiting thread looks whether the loop gave up on its request (shutdown).
 _CHECK_SECONDS = 1.0
 
@@ -47,8 +50,15 @@ class LoopAdmission:
         self._gates = gates
         self._loop = loop
 
-    async def _hold(self, write: bool, admitted: threading.Event, done: asyncio.Event) -> None:
+    async def _hold(
+        self,
+        write: bool,
+        admitted: threading.Event,
+        done: asyncio.Event,
+        held: list[GatesAdmission | None],
+    ) -> None:
         async with self._gates.admit(write=write):
+            held.append(current_admission())
             admitted.set()
             await done.wait()
 
@@ -56,7 +66,8 @@ class LoopAdmission:
     def __call__(self, *, write: bool) -> Iterator[None]:
         admitted = threading.Event()
         done = asyncio.Event()
-        hold = self._hold(write, admitted, done)
+        held: list[GatesAdmission | None] = []
+        hold = self._hold(write, admitted, done, held)
         try:
             holding = asyncio.run_coroutine_threadsafe(hold, self._loop)
         except RuntimeError:  # the loop is closed: no turn will ever come
@@ -70,9 +81,11 @@ class LoopAdmission:
         except BaseException:
             holding.cancel()
             raise
+        before = adopt(held[0])
         try:
             yield
         finally:
+            adopt(before)
             # Set from the loop's own thread: asyncio primitives are not thread-safe.
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 self._loop.call_soon_threadsafe(done.set)

@@ -26,7 +26,7 @@ from app.domain.idempotency.models import IdempotencyRecord
 from app.domain.idempotency.service import owner_of
 from app.domain.keys.models import ApiKey
 from app.domain.keys.service import hash_key
-from app.errors import DomainError
+from app.errors import DatabaseBusy
 from app.gates import DatabaseGates
 from tests.factories import (
     PLEDGE_ID,
@@ -681,17 +681,11 @@ class RefusingGates(DatabaseGates):
         self._inner = inner
 
     @asynccontextmanager
-    async def admit(self, *, write: bool) -> AsyncIterator[None]:
+    async def admit(self, *, write: bool, background: bool = False) -> AsyncIterator[None]:
         if write:
-            raise Unavailable("the database is busy", headers={"Retry-After": "2"})
-        async with self._inner.admit(write=write):
+            raise DatabaseBusy("the database is busy", retry_after_seconds=2)
+        async with self._inner.admit(write=write, background=background):
             yield
-
-
-class Unavailable(DomainError):
-    status = 503
-    title = "Service unavailable"
-    type_suffix = "unavailable"
 
 
 def test_a_refused_admission_answers_the_refusal_and_keeps_nothing(

@@ -25,6 +25,7 @@ from app.db import Database
 from app.domain.idempotency import service
 from app.domain.idempotency.models import IdempotencyRecord
 from app.domain.idempotency.service import StoredAnswer
+from app.gates import Admission, current_admission
 
 _SCOPE_STATE_KEY = "idempotency"
 
@@ -63,8 +64,9 @@ class IdempotencyContext:
 
     # --- the request's admission --------------------------------------------------------------
 
-    async def hold(self, admission: AbstractAsyncContextManager[Any]) -> None:
-        """Enter the request's database admission and keep it until ``release``.
+    async def hold(self, admission: AbstractAsyncContextManager[Any]) -> Admission | None:
+        """Enter the request's database admission and keep it until ``release``; returns
+        the admission, for the request's task to adopt (``gates.adopt``).
 
         It is held by a task of its own: the answer may be settled from another task than
         the one that was admitted, and a lock is released by the task that holds it.
@@ -72,15 +74,18 @@ class IdempotencyContext:
         released = anyio.Event()
         self._released = released
 
-        async def keep(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async def keep(
+            *, task_status: TaskStatus[Admission | None] = anyio.TASK_STATUS_IGNORED
+        ) -> None:
             try:
                 async with admission:
-                    task_status.started()
+                    task_status.started(current_admission())
                     await self._release.wait()
             finally:
                 released.set()
 
-        await self.holders.start(keep)
+        held: Admission | None = await self.holders.start(keep)
+        return held
 
     async def release(self) -> None:
         """Give the admission back (idempotent); returns once it is given back."""
