@@ -280,9 +280,14 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
+    http: Annotated[
+        str, typer.Option(help="The HTTP/1.1 implementation: auto (httptools), httptools or h11.")
+    ] = "auto",
 ) -> None:
     """Serve the API (uvicorn)."""
     import uvicorn
+
+    from app.http.server import uvicorn_options
 
     settings = get_settings()
     limit_malloc_arenas()
@@ -295,9 +300,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
+        **uvicorn_options(settings, http=http),
     )
 
 

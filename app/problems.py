@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from app.errors import DomainError, field_errors
+from app.http.security import api_security_headers
 
 PROBLEM_JSON = "application/problem+json"
 _BASE = "https://pledgewatch.dev/problems/"
@@ -152,12 +153,16 @@ def _unexpected(request: Request, exc: Exception) -> Response:
         exc_info=exc,
         extra={"path": request.url.path, "request_id": request_id},
     )
+    # For the same reason, the security headers every other answer gets from the middleware.
+    headers = api_security_headers()
+    if request_id:
+        headers["X-Request-ID"] = request_id
     return problem_response(
         500,
         "Internal error",
         "the service failed; the request id in X-Request-ID identifies it in the logs",
         slug="internal",
-        headers={"X-Request-ID": request_id} if request_id else None,
+        headers=headers,
     )
 
 
