@@ -284,11 +284,12 @@ class Bench:
             for key in ("3b", "5b"):
                 if key in self.rows:
                     self.rows[key] = replace(self.rows[key], note=f"as_of {slow}")
-        order = ["1", "2", "3a", "3b", "4", "5a", "5b", "6", "7", "8a", "8b", "8c"]
+        order = ["1", "2", "3a", "3b", "4", "5a", "5b", "6", "7", "8a", "8b", "8c", "9"]
         return [self.rows[key] for key in order if key in self.rows]
 
     def main_server(self, database_file: Path, api_key: str) -> None:
-        """Targets 1, 2, 4, 6 and the main figures of 3 and 5, on one server process."""
+        """Targets 1, 2, 4, 6, 9 and the main figures of 3 and 5, on one server process (9 starts
+        a second one)."""
         with pledgewatch_server(
             f"sqlite:///{database_file}", self.logs / "server-main.log"
         ) as server:
@@ -318,6 +319,7 @@ class Bench:
                 empty_r.rps,
                 0.9,
             )
+            self.rate_limit_cost(database_file, not_modified)
             zipped_r, reference_again = self.pair(
                 ("gzip", "reference (gzip pair)"), (zipped, reference)
             )
@@ -338,6 +340,30 @@ class Bench:
             )
             self.note_rss(server)
         self.note_rss(server)
+
+    def rate_limit_cost(self, database_file: Path, limited: Load) -> None:
+        """Target 9: the dashboards' 304 on the main server (rate limits on) and on a second
+        server of the same database with rate limits off, measured in turns."""
+        with pledgewatch_server(
+            f"sqlite:///{database_file}", self.logs / "server-unlimited.log", rate_limits=False
+        ) as unlimited:
+            _, etag, _ = prime(unlimited.base_url)
+            unlimited_304 = Load(
+                f"{unlimited.base_url}{API}/status", headers=(("If-None-Match", etag),)
+            )
+            self.warm(unlimited_304)
+            on, off = self.pair(
+                ("304, rate limits on", "304, rate limits off"), (limited, unlimited_304)
+            )
+            self.note_rss(unlimited)
+        self.rows["9"] = at_least(
+            "9 /status 304: rate limits on vs off",
+            rps(on.rps),
+            rps(off.rps),
+            on.rps,
+            off.rps,
+            0.9,
+        )
 
     def ingest(self, server: Server, database_file: Path, api_key: str) -> None:
         """Target 4: the same rows through Core executemany, then through the API."""

@@ -75,16 +75,34 @@ class Server:
             return ""
 
 
+# wrk drives each server from one address at thousands of requests a second, far past any
+# budget a deployment gives one client. The servers keep rate limiting on (each request
+# spends a window, as in production) with budgets counted per second that the load never
+# spends: a window then holds at most a second of one address's requests.
+BENCH_BUDGETS = {
+    f"PLEDGEWATCH_RATE_LIMIT_{budget}": "1000000/second"
+    for budget in ("ANONYMOUS_READS", "KEY_READS", "WRITES", "EXPENSIVE_READS")
+}
+
+
 @contextmanager
 def pledgewatch_server(
-    database_url: str, log_path: Path, *, workers: int = 1, extra_env: Mapping[str, str] = {}
+    database_url: str,
+    log_path: Path,
+    *,
+    workers: int = 1,
+    rate_limits: bool = True,
+    extra_env: Mapping[str, str] = {},
 ) -> Iterator[Server]:
-    """``pledgewatch serve`` on ``database_url`` in bench mode, with the scheduler off."""
+    """``pledgewatch serve`` on ``database_url`` in bench mode, with the scheduler off, and
+    rate limits on (budgets the load never spends) unless ``rate_limits`` is false."""
     port = free_port()
     env = {
         "PLEDGEWATCH_DATABASE_URL": database_url,
         "PLEDGEWATCH_SCHEDULER_ENABLED": "false",
         "PLEDGEWATCH_BENCH_MODE": "true",
+        "PLEDGEWATCH_RATE_LIMITS_ENABLED": "true" if rate_limits else "false",
+        **BENCH_BUDGETS,
         **extra_env,
     }
     command = [

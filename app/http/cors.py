@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.http.security import answer_headers
 from app.problems import problem_response
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -74,7 +75,8 @@ def _headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 
 class CorsMiddleware:
-    """Answers preflights and adds the CORS headers, per the two policies above."""
+    """Answers preflights and adds the CORS headers, per the two policies above (mounted
+    inside :class:`~app.http.security.SecurityHeadersMiddleware`, which sends them)."""
 
     def __init__(self, app: ASGIApp, *, api_prefix: str, write_origins: Iterable[str]) -> None:
         self.app = app
@@ -93,7 +95,8 @@ class CorsMiddleware:
             return
         method = scope["method"]
         if method in _READ_METHODS and self.public.match(scope["path"]):
-            await self.app(scope, receive, self._adding(send, self.public_headers))
+            answer_headers(scope).extend(self.public_headers)
+            await self.app(scope, receive, send)
             return
         origin = requested_method = None
         for name, value in scope["headers"]:
@@ -108,18 +111,8 @@ class CorsMiddleware:
             await self._preflight(scope, origin, requested_method.upper(), receive, send)
             return
         if origin.lower() in self.write_origins:
-            await self.app(scope, receive, self._adding(send, self._listed(origin)))
-            return
+            answer_headers(scope).extend(self._listed(origin))
         await self.app(scope, receive, send)
-
-    @staticmethod
-    def _adding(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
-
-        return send_with_cors
 
     def _listed(self, origin: str) -> list[tuple[bytes, bytes]]:
         return _headers(

@@ -39,6 +39,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.addresses import ClientAddresses, parse_networks
+from app.http.security import answer_headers
 from app.problems import PROBLEM_JSON, problem_response
 
 if TYPE_CHECKING:
@@ -204,7 +205,8 @@ class RateLimitMiddleware:
     """Spends each request's budget before it reaches anything that reads the database.
 
     Mounted outside the body limit and idempotency middleware (they read bodies and the
-    database) and inside the security and CORS headers (so that a browser can read a 429).
+    database) and inside the security and CORS headers (so that a browser can read a 429),
+    whose middleware sends its RateLimit fields (:func:`~app.http.security.answer_headers`).
     The budgets live in ``app.state.rate_limits``, made in the lifespan.
     """
 
@@ -236,18 +238,21 @@ class RateLimitMiddleware:
         if not limits.spend(budget, partition):
             await self._refuse(limits, budget, partition, scope, receive, send)
             return
-        headers = [budget.policy]
-        if budget is not limits.anonymous_reads:
-            headers.append(budget.state_header(*limits.state(budget, partition)))
+        headers = answer_headers(scope)
+        headers.append(budget.policy)
+        if credential is None:
+            if budget is not limits.anonymous_reads:
+                headers.append(budget.state_header(*limits.state(budget, partition)))
+            await self.app(scope, receive, send)
+            return
+        headers.append(budget.state_header(*limits.state(budget, partition)))
 
-        async def send_with_budget(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-                if credential is not None and message["status"] == 401:
-                    limits.spend(limits.bad_keys, address)
+        async def send_counting_bad_keys(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                limits.spend(limits.bad_keys, address)
             await send(message)
 
-        await self.app(scope, receive, send_with_budget)
+        await self.app(scope, receive, send_counting_bad_keys)
 
     @staticmethod
     async def _refuse(

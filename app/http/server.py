@@ -5,9 +5,10 @@ uvicorn bounds how long an idle keep-alive connection may wait between requests
 headers: its protocols cancel the keep-alive timer at the first byte received, and a
 new connection has no timer at all. A client that opens connections and sends a
 header line now and then (slow-loris) holds each one open for ever. The protocols
-below arm a deadline whenever the connection waits for a request's headers (on
-connection and after each answer) and close the connection when it passes; they also
-refuse headers that grow past a size bound (``431``) instead of buffering them.
+below start a deadline when a connection is made and when the first byte of a later
+request arrives, stop it when that request's headers are complete, and close the
+connection when it passes; they also refuse headers that grow past a size bound
+(``431``) instead of buffering them. Idle keep-alive connections stay uvicorn's to close.
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ def _too_large_answer(limit: int) -> bytes:
 
 
 class HeaderDeadline:
-    """The deadline and size bound for one connection's request headers (mixed into a protocol).
+    """The deadline and size bound on one connection's request headers (mixed into a protocol).
 
-    ``_awaiting_headers`` is true from the moment the connection may start a request until
-    that request's headers are complete; only then does the deadline run and received
-    bytes count against the bound.
+    While ``_awaiting_headers`` the deadline runs and received bytes count against the
+    bound. Each protocol below says when a request starts (``_await_headers``) and when its
+    headers are complete (``_headers_complete``).
     """
 
     transport: asyncio.Transport
@@ -86,39 +87,49 @@ class HeaderDeadline:
         if self._awaiting_headers:
             self._header_bytes += size
 
-    def _headers_over_bound(self) -> bool:
+    def _answering(self) -> bool:
+        """Whether an answer to an earlier request (pipelined) is still being sent."""
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
+
+    def _check_header_bytes(self) -> None:
         """Still no complete headers, and more bytes than the bound: refuse and close."""
         if not self._awaiting_headers or self._header_bytes <= self._max_header_bytes:
-            return False
-        self._stop_deadline()
-        self._awaiting_headers = False
-        if not self.transport.is_closing():
-            CONNECTIONS_CUT.labels("headers_too_large").inc()
-            self.transport.write(_too_large_answer(self._max_header_bytes))
-            self.transport.close()
-        return True
+            return
+        self._headers_complete()
+        if self.transport.is_closing():
+            return
+        CONNECTIONS_CUT.labels("headers_too_large").inc()
+        if self._answering():
+            # An answer is on the wire: it ends first, then the connection, unread further.
+            self.transport.pause_reading()
+            self.cycle.keep_alive = False  # type: ignore[attr-defined]
+            return
+        self.transport.write(_too_large_answer(self._max_header_bytes))
+        self.transport.close()
 
     def _headers_too_slow(self) -> None:
         self._deadline = None
-        if self._awaiting_headers and not self.transport.is_closing():
-            # Counted, not logged: a client opening thousands of such connections must not
-            # flood the log.
-            CONNECTIONS_CUT.labels("headers_too_slow").inc()
-            log.debug("closed a connection that sent no complete request headers in time")
-            self.transport.close()
+        if not self._awaiting_headers or self.transport.is_closing():
+            return
+        self._awaiting_headers = False
+        # Counted, not logged: a client opening thousands of such connections must not
+        # flood the log.
+        CONNECTIONS_CUT.labels("headers_too_slow").inc()
+        # uvicorn's own graceful close: at once, or after an answer still being sent.
+        self.shutdown()  # type: ignore[attr-defined]
 
 
 class BoundedHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline and a size bound on request headers.
 
-    The connection may start a new request once the previous one has been both received
-    whole (its body too) and answered; httptools tells each of those apart.
+    A request starts at the parser's first callback for it (``on_message_begin``); bytes
+    count from the read after that one, so the bound may be passed by one read at most.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._init_deadline(get_settings())
-        self._request_received = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -131,36 +142,24 @@ class BoundedHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._count_header_bytes(len(data))
         super().data_received(data)
-        self._headers_over_bound()
+        self._check_header_bytes()
 
     def on_message_begin(self) -> None:
-        self._request_received = False
+        # The first request's deadline runs from the connection's start.
+        if not self._awaiting_headers:
+            self._await_headers()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._headers_complete()
         super().on_headers_complete()
 
-    def on_message_complete(self) -> None:
-        self._request_received = True
-        super().on_message_complete()
-        # Answered before its body was all in (a 413, say): the next request starts now.
-        if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
-            self._await_headers()
-
-    def on_response_complete(self) -> None:
-        # A pipelined request already has its headers; it runs next.
-        pipelined = bool(self.pipeline)
-        super().on_response_complete()
-        if self._request_received and not pipelined and not self.transport.is_closing():
-            self._await_headers()
-
 
 class BoundedH11Protocol(HeaderDeadline, H11Protocol):
     """uvicorn's h11 protocol with a deadline and a size bound on request headers.
 
-    h11 keeps both sides' states: the connection waits for a request's headers while
-    both are ``IDLE``, and the client's side leaves ``IDLE`` once its headers are parsed.
+    h11 keeps both sides' states: bytes that arrive while both are ``IDLE`` start a
+    request, and the client's side leaves ``IDLE`` once its headers are parsed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -176,17 +175,17 @@ class BoundedH11Protocol(HeaderDeadline, H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        idle = self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
+        if idle and not self._awaiting_headers:
+            self._await_headers()
         self._count_header_bytes(len(data))
         super().data_received(data)
-        self._headers_over_bound()
+        self._check_header_bytes()
 
     def handle_events(self) -> None:
         super().handle_events()
-        waiting = self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE
         if self._awaiting_headers and self.conn.their_state is not h11.IDLE:
             self._headers_complete()
-        elif waiting and not self._awaiting_headers and not self.transport.is_closing():
-            self._await_headers()
 
 
 def http_protocol(name: str = "auto") -> type[asyncio.Protocol]:
@@ -206,7 +205,8 @@ def uvicorn_options(settings: Settings, *, http: str = "auto") -> dict[str, Any]
         "http": http_protocol(http),
         # Nothing says which server (or which version of it) answers.
         "server_header": False,
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # h11's own bound is a backstop, a read (256 KiB at most) beyond ours.
+        "h11_max_incomplete_event_size": settings.max_header_bytes + 256 * 1024,
         "log_config": None,
         "access_log": False,
         # X-Forwarded-For is read by the app, and only from PLEDGEWATCH_TRUSTED_PROXIES.

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,11 +23,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    database_url: str, log_path: Path, settings: dict[str, str] | None = None
+    database_url: str,
+    log_path: Path,
+    settings: dict[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[str]:
     """``pledgewatch serve`` in its own process on ``database_url``; yields its base URL.
 
-    ``settings`` are extra environment variables (the scheduler is off unless they turn it on).
+    ``settings`` are extra environment variables (the scheduler is off unless they turn it on);
+    ``options`` are more options of ``serve``.
     """
     port = free_port()
     env = {
@@ -39,7 +43,7 @@ def running_server(
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *options],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
