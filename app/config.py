@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _one_budget(cls, value: str) -> str:
-        from app.http.ratelimit import parse_budget
+        from app.http.values import parse_budget
 
         parse_budget(value)
         return value
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
-        from app.http.addresses import parse_networks
+        from app.http.values import parse_networks
 
         parse_networks(value)
         return value
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     @field_validator("cors_write_origins")
     @classmethod
     def _origins(cls, value: str) -> str:
-        from app.http.cors import parse_origins
+        from app.http.values import parse_origins
 
         parse_origins(value)
         return value

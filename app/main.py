@@ -38,9 +38,10 @@ from app.domain.status.view_cache import StatusViewCache
 from app.domain.transfer.router import router as transfer_router
 from app.domain.webhooks.router import router as webhooks_router
 from app.gates import DatabaseGates
-from app.http.cors import CorsMiddleware, parse_origins
+from app.http.cors import CorsMiddleware
 from app.http.ratelimit import RateLimitMiddleware, RateLimits, document_rate_limits
 from app.http.security import SecurityHeadersMiddleware, docs_policies
+from app.http.values import parse_origins
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
 from app.migrate import head_revision

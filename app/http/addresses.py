@@ -11,24 +11,11 @@ host is usually given a whole /64, and could otherwise take a fresh address per 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv6Address, ip_address, ip_network
 
 from starlette.types import Scope
 
-Network = IPv4Network | IPv6Network
-
-
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """Comma-separated addresses or CIDR blocks; ``ValueError`` names a bad one."""
-    networks = []
-    for part in (piece.strip() for piece in text.split(",")):
-        if not part:
-            continue
-        try:
-            networks.append(ip_network(part, strict=False))
-        except ValueError:
-            raise ValueError(f"{part!r} is not an IP address or CIDR block") from None
-    return tuple(networks)
+from app.http.values import Network
 
 
 def group(address: str) -> str:

@@ -38,22 +38,6 @@ EXPOSED_HEADERS = (
 )
 # Browsers keep a preflight's answer at most this long (Chromium caps it at two hours).
 MAX_AGE_SECONDS = 7200
-_ORIGIN = re.compile(r"^https?://[^/\s?#@]+$")
-
-
-def parse_origins(text: str) -> frozenset[str]:
-    """Comma-separated origins (``https://host[:port]``), lower-cased; ``ValueError`` if not."""
-    origins = set()
-    for part in (piece.strip().rstrip("/").lower() for piece in text.split(",")):
-        if not part:
-            continue
-        if not _ORIGIN.match(part):
-            raise ValueError(
-                f"{part!r} is not an origin such as https://dashboard.example.org "
-                "(a scheme and a host, no path; '*' is not allowed for writes)"
-            )
-        origins.add(part)
-    return frozenset(origins)
 
 
 def public_reads(api_prefix: str) -> re.Pattern[str]:

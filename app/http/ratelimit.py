@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.storage import MemoryStorage
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.addresses import ClientAddresses, parse_networks
+from app.http.addresses import ClientAddresses
 from app.http.security import answer_headers
+from app.http.values import parse_budget, parse_networks
 from app.problems import PROBLEM_JSON, problem_response
 
 if TYPE_CHECKING:
@@ -53,17 +54,6 @@ DRAFT = "draft-ietf-httpapi-ratelimit-headers-10"
 REFUSED = Counter(
     "pledgewatch_rate_limited_total", "Requests refused with 429, by budget.", ["budget"]
 )
-
-
-def parse_budget(text: str) -> RateLimitItem:
-    """One rate limit in the ``limits`` notation (``"600/minute"``); ``ValueError`` if not."""
-    try:
-        items = parse_many(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a rate limit such as '600/minute'") from None
-    if len(items) != 1:
-        raise ValueError(f"{text!r}: give one rate limit per budget, such as '600/minute'")
-    return items[0]
 
 
 @dataclass(frozen=True)
