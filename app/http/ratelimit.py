@@ -103,15 +103,12 @@ class PacedMemoryStorage(MemoryStorage):
         super().__init__()
         # The library starts a first sweep at once; the first hit schedules a paced one.
         self.timer.cancel()
-        self.timer = self._paced_timer()
-
-    def _paced_timer(self) -> threading.Timer:
-        timer = threading.Timer(self.SWEEP_SECONDS, self.sweep)
-        timer.daemon = True
-        return timer
+        self._sweep_due = False
 
     def sweep(self) -> None:
         """Drop expired entries, then the windows left empty."""
+        # First: a hit made while this sweep runs schedules the next one.
+        self._sweep_due = False
         getattr(self, "_MemoryStorage__expire_events")()  # noqa: B009 - a mangled name
         for key in [key for key, entries in list(self.events.items()) if not entries]:
             with self.locks[key]:
@@ -120,11 +117,15 @@ class PacedMemoryStorage(MemoryStorage):
                     self.locks.pop(key, None)
 
     def _MemoryStorage__schedule_expiry(self) -> None:
-        # Overrides the library's private scheduling hook (name-mangled in MemoryStorage);
-        # tests/http/test_ratelimit.py checks that it is the one called.
-        if not self.timer.is_alive():
-            self.timer = self._paced_timer()
-            self.timer.start()
+        # Overrides the library's private scheduling hook (name-mangled in MemoryStorage),
+        # called on every hit: a flag, not the library's Thread.is_alive(), says whether a
+        # sweep is due. tests/http/test_ratelimit.py checks that this hook is the one called.
+        if self._sweep_due:
+            return
+        self._sweep_due = True
+        self.timer = threading.Timer(self.SWEEP_SECONDS, self.sweep)
+        self.timer.daemon = True
+        self.timer.start()
 
 
 def _asks_for_the_past(query_string: bytes) -> bool:
