@@ -457,10 +457,15 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     wait_for_migrations: WaitForMigrations = False,
+    http: Annotated[
+        str, typer.Option(help="The HTTP/1.1 implementation: auto (httptools), httptools or h11.")
+    ] = "auto",
 ) -> None:
     """Serve the API (uvicorn). Exits at once (status 3: database unreachable, 4: schema not
     at head, with the command to run) unless --wait-for-migrations."""
     import uvicorn
+
+    from app.http.server import uvicorn_options
 
     settings = get_settings()
     require_schema(settings.database_url, wait=wait_for_migrations)
@@ -474,9 +479,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
+        **uvicorn_options(settings, http=http),
     )
 
 

@@ -80,6 +80,30 @@ class Settings(BaseSettings):
     # so that overload is shed with bounded memory instead of queued without end.
     db_queue_max: int = Field(default=500, gt=0)
     db_queue_timeout_seconds: float = Field(default=30.0, gt=0)
+    # SIGTERM: open requests get this long to finish, then the process stops anyway (event
+    # streams end at once; their clients resume with Last-Event-ID elsewhere).
+    shutdown_grace_seconds: float = Field(default=5.0, gt=0)
+
+    # The HTTP edge (app/http/). A connection must send a request's headers within
+    # header_timeout_seconds and in at most max_header_bytes, else it is closed (slow-loris).
+    # Rate limits are moving windows kept in memory by each process (a client of N workers
+    # gets up to N times each budget); budgets are `limits` strings ("600/minute"). Reads
+    # without a key count per client address, with a key per key; writes and expensive
+    # reads (as_of/known_at views, /ledger/verify, /export, opening /events) have budgets
+    # of their own; 401s count per address, so that made-up keys buy no fresh budgets.
+    # X-Forwarded-For is believed only from trusted_proxies (IPs or CIDRs, comma-separated).
+    # Browser pages of cors_write_origins (comma-separated origins) may write and read
+    # everything cross-origin; public reads are open to every origin.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    rate_limits_enabled: bool = True
+    rate_limit_anonymous_reads: str = "1200/minute"
+    rate_limit_key_reads: str = "6000/minute"
+    rate_limit_writes: str = "1200/minute"
+    rate_limit_expensive_reads: str = "120/minute"
+    rate_limit_bad_keys: str = "60/minute"
+    trusted_proxies: str = ""
+    cors_write_origins: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -89,6 +113,36 @@ class Settings(BaseSettings):
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             # psycopg 3 is the one PostgreSQL driver we ship.
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator(
+        "rate_limit_anonymous_reads",
+        "rate_limit_key_reads",
+        "rate_limit_writes",
+        "rate_limit_expensive_reads",
+        "rate_limit_bad_keys",
+    )
+    @classmethod
+    def _one_budget(cls, value: str) -> str:
+        from app.http.values import parse_budget
+
+        parse_budget(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from app.http.values import parse_networks
+
+        parse_networks(value)
+        return value
+
+    @field_validator("cors_write_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        from app.http.values import parse_origins
+
+        parse_origins(value)
         return value
 
 

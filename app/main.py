@@ -43,6 +43,10 @@ from app.domain.status.view_cache import StatusViewCache
 from app.domain.transfer.router import router as transfer_router
 from app.domain.webhooks.router import router as webhooks_router
 from app.gates import DatabaseGates
+from app.http.cors import CorsMiddleware
+from app.http.ratelimit import RateLimitMiddleware, RateLimits, document_rate_limits
+from app.http.security import SecurityHeadersMiddleware, docs_policies
+from app.http.values import parse_origins
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
 from app.migrate import head_revision
@@ -121,6 +125,9 @@ def create_app(
             reuse_seconds=settings.ledger_verify_reuse_seconds,
             pause_seconds=settings.ledger_verify_pause_ms / 1000,
         )
+        app.state.rate_limits = (
+            RateLimits(settings, api_prefix=API_PREFIX) if settings.rate_limits_enabled else None
+        )
         app.state.fetcher = SafeFetcher(
             allow_private=settings.allow_private_source_hosts,
             clock=app.state.clock,
@@ -174,6 +181,8 @@ def create_app(
             if app.state.scheduler is not None:
                 await asyncio.to_thread(app.state.scheduler.stop)
             app.state.fetcher.close()
+            if app.state.rate_limits is not None:
+                app.state.rate_limits.close()
             if owned:
                 app.state.database.dispose()
 
@@ -211,6 +220,16 @@ def create_app(
     # A database outage met by the middleware inside (idempotency keys) is a 503 too.
     app.add_middleware(DatabaseUnavailableMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    # Budgets are spent before anything reads a body or the database; the CORS and security
+    # headers go on every answer, 429s and preflights included.
+    if settings.rate_limits_enabled:
+        app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(
+        CorsMiddleware,
+        api_prefix=API_PREFIX,
+        write_origins=parse_origins(settings.cors_write_origins),
+    )
+    app.add_middleware(SecurityHeadersMiddleware, page_policies=docs_policies(app))
     app.add_middleware(RequestContextMiddleware)
 
     def openapi() -> dict[str, Any]:
@@ -228,6 +247,7 @@ def create_app(
             schemas["Problem"] = problem_schema
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}, {}]
+            document_rate_limits(schema, API_PREFIX)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.idempotency.service import Replay
 from app.errors import DomainError, field_errors
+from app.http.security import api_security_headers
 
 PROBLEM_JSON = "application/problem+json"
 _BASE = "https://pledgewatch.dev/problems/"
@@ -291,12 +292,16 @@ def _unexpected(request: Request, exc: Exception) -> Response:
         exc_info=exc,
         extra={"path": request.url.path, "request_id": request_id},
     )
+    # For the same reason, the security headers every other answer gets from the middleware.
+    headers = api_security_headers()
+    if request_id:
+        headers["X-Request-ID"] = request_id
     return problem_response(
         500,
         "Internal error",
         "the service failed; the request id in X-Request-ID identifies it in the logs",
         slug="internal",
-        headers={"X-Request-ID": request_id} if request_id else None,
+        headers=headers,
     )
 
 

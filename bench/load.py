@@ -54,6 +54,29 @@ end
 """
 
 
+# Each request from the next of {clients} client addresses (10.0.0.1, 10.0.0.2, ...), named in
+# X-Forwarded-For as a reverse proxy would: the requests are made once, then sent in turn.
+_CLIENTS = """
+local pool = {}
+local turn = 0
+init = function(args)
+  for n = 1, {clients} do
+    local headers = {}
+    for name, value in pairs(wrk.headers) do
+      headers[name] = value
+    end
+    headers["X-Forwarded-For"] = string.format(
+      "10.%d.%d.%d", math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+    pool[n] = wrk.format(nil, nil, headers)
+  end
+end
+request = function()
+  turn = turn % {clients} + 1
+  return pool[turn]
+end
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LoadResult:
     """What one wrk run measured."""
@@ -104,6 +127,8 @@ class Load:
     headers: tuple[tuple[str, str], ...] = ()
     # When set: the URL's path plus "?as_of=" (or "&as_of=") and a new instant each time.
     distinct_as_of: tuple[datetime, datetime] | None = None
+    # When set: requests come from this many client addresses in turn (X-Forwarded-For).
+    clients: int = 0
 
     def script(self) -> str:
         lines = []
@@ -123,6 +148,10 @@ class Load:
                 .replace("{start}", str(start))
                 .replace("{path}", path)
             )
+        if self.clients:
+            if self.distinct_as_of is not None:
+                raise ValueError("a load has one request function: clients or distinct_as_of")
+            lines.append(_CLIENTS.replace("{clients}", str(self.clients)))
         lines.append(_REPORT)
         return "\n".join(lines)
 

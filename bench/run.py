@@ -41,6 +41,8 @@ RSS_LIMIT_MB = 250.0
 COHERENCE_LIMIT_S = 1.0
 # Target 9: from a change's commit to the last of the open /events streams receiving it.
 FANOUT_LIMIT_S = 1.0
+# Target 10's dashboards, behind one proxy (each sends a few requests a second in the run).
+RATE_LIMIT_CLIENTS = 1000
 # An as_of answer slower than this is not load-tested: one timed request stands for it.
 SLOW_REQUEST_S = 2.0
 # What ``--only`` may choose (scaling and peer need main's figures).
@@ -268,6 +270,7 @@ class Bench:
         api_key = create_key(main_file)
         if "main" in parts:
             self.main_server(main_file, api_key)
+            self.rate_limit_cost(main_file)
             if "scaling" in parts:
                 self.scaling()
             if "peer" in parts:
@@ -292,7 +295,7 @@ class Bench:
             for key in ("3b", "5b"):
                 if key in self.rows:
                     self.rows[key] = replace(self.rows[key], note=f"as_of {slow}")
-        order = ["1", "2", "3a", "3b", "4", "5a", "5b", "6", "7", "8a", "8b", "8c", "9"]
+        order = ["1", "2", "3a", "3b", "4", "5a", "5b", "6", "7", "8a", "8b", "8c", "9", "10"]
         return [self.rows[key] for key in order if key in self.rows]
 
     def main_server(self, database_file: Path, api_key: str) -> None:
@@ -346,6 +349,46 @@ class Bench:
             )
             self.note_rss(server)
         self.note_rss(server)
+
+    def rate_limit_cost(self, database_file: Path) -> None:
+        """Target 10: a dashboard's 304 with rate limits on (the default budgets) and off, on
+        two new servers of the same database, measured in turns. The driver plays a reverse
+        proxy (trusted by the limited server) in front of ``RATE_LIMIT_CLIENTS`` clients, so
+        each client's window holds what a client's would, not a whole run's requests."""
+        url = f"sqlite:///{database_file}"
+        with (
+            pledgewatch_server(
+                url,
+                self.logs / "server-limited.log",
+                rate_limits="default",
+                extra_env={"PLEDGEWATCH_TRUSTED_PROXIES": "127.0.0.1"},
+            ) as limited,
+            pledgewatch_server(url, self.logs / "server-unlimited.log", rate_limits="off") as off,
+        ):
+            loads = []
+            for server in (limited, off):
+                _, etag, _ = prime(server.base_url)
+                loads.append(
+                    Load(
+                        f"{server.base_url}{API}/status",
+                        headers=(("If-None-Match", etag),),
+                        clients=RATE_LIMIT_CLIENTS,
+                    )
+                )
+            self.warm(*loads)
+            on_r, off_r = self.pair(
+                ("304, rate limits on", "304, rate limits off"), (loads[0], loads[1])
+            )
+            for server in (limited, off):
+                self.note_rss(server)
+        self.rows["10"] = at_least(
+            f"10 /status 304, {RATE_LIMIT_CLIENTS:,} clients: rate limits on vs off",
+            rps(on_r.rps),
+            rps(off_r.rps),
+            on_r.rps,
+            off_r.rps,
+            0.85,
+        )
 
     def ingest(self, server: Server, database_file: Path, api_key: str) -> None:
         """Target 4: the same rows through Core executemany, then through the API."""

@@ -75,16 +75,39 @@ class Server:
             return ""
 
 
+# wrk drives each server from one address at thousands of requests a second, far past any
+# budget a deployment gives one client. The servers keep rate limiting on (each request
+# spends a window, as in production) with budgets counted per second that the load never
+# spends: a window then holds at most a second of one address's requests. Target 9 runs
+# servers with the default budgets and with rate limits off.
+UNSPENT_BUDGETS = {
+    f"PLEDGEWATCH_RATE_LIMIT_{budget}": "1000000/second"
+    for budget in ("ANONYMOUS_READS", "KEY_READS", "WRITES", "EXPENSIVE_READS")
+}
+RATE_LIMITS = {
+    "unspent": {"PLEDGEWATCH_RATE_LIMITS_ENABLED": "true", **UNSPENT_BUDGETS},
+    "default": {"PLEDGEWATCH_RATE_LIMITS_ENABLED": "true"},
+    "off": {"PLEDGEWATCH_RATE_LIMITS_ENABLED": "false"},
+}
+
+
 @contextmanager
 def pledgewatch_server(
-    database_url: str, log_path: Path, *, workers: int = 1, extra_env: Mapping[str, str] = {}
+    database_url: str,
+    log_path: Path,
+    *,
+    workers: int = 1,
+    rate_limits: str = "unspent",
+    extra_env: Mapping[str, str] = {},
 ) -> Iterator[Server]:
-    """``pledgewatch serve`` on ``database_url`` in bench mode, with the scheduler off."""
+    """``pledgewatch serve`` on ``database_url`` in bench mode, with the scheduler off, and
+    rate limits as ``rate_limits`` says (a key of :data:`RATE_LIMITS`)."""
     port = free_port()
     env = {
         "PLEDGEWATCH_DATABASE_URL": database_url,
         "PLEDGEWATCH_SCHEDULER_ENABLED": "false",
         "PLEDGEWATCH_BENCH_MODE": "true",
+        **RATE_LIMITS[rate_limits],
         **extra_env,
     }
     command = [

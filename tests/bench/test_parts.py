@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import shutil
 import sqlite3
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -117,6 +119,40 @@ def test_as_of_loads_ask_for_a_new_instant_every_time() -> None:
     assert len(instants) == 100_000
     headers = Load("http://x/y?z=1", headers=(("If-None-Match", '"r1"'),)).script()
     assert 'wrk.headers["If-None-Match"] = "\\"r1\\""' in headers
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by make bench-tools")
+def test_a_load_of_many_clients_names_each_in_turn_as_a_proxy_would() -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            seen.append((self.headers["X-Forwarded-For"], self.headers["If-None-Match"]))
+            self.send_response(304)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            target = Load(
+                f"http://127.0.0.1:{server.server_address[1]}/api/v1/status",
+                headers=(("If-None-Match", '"r1"'),),
+                clients=3,
+            )
+            result = load.run(target, seconds=1, connections=1)
+        finally:
+            server.shutdown()
+    assert result.requests >= 3
+    assert {address for address, _ in seen} == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    assert {etag for _, etag in seen} == {'"r1"'}
+    with pytest.raises(ValueError, match="one request function"):
+        Load("http://x/", clients=2, distinct_as_of=(datetime.now(UTC), datetime.now(UTC))).script()
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by make bench-tools")

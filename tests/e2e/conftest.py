@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,13 +21,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# A test drives its server from one address far faster than any client would (the
+# fuzzers send about a hundred requests a second with one key, valid and invalid): the
+# servers keep rate limiting on with budgets no test spends. Budgets are tested in
+# tests/http/test_ratelimit.py.
+UNSPENT_BUDGETS = {
+    f"PLEDGEWATCH_RATE_LIMIT_{budget}": "1000000/second"
+    for budget in ("ANONYMOUS_READS", "KEY_READS", "WRITES", "EXPENSIVE_READS", "BAD_KEYS")
+}
+
+
 @contextmanager
 def running_server(
-    database_url: str, log_path: Path, settings: dict[str, str] | None = None
+    database_url: str,
+    log_path: Path,
+    settings: dict[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[str]:
     """``pledgewatch serve`` in its own process on ``database_url``; yields its base URL.
 
-    ``settings`` are extra environment variables (the scheduler is off unless they turn it on).
+    ``settings`` are extra environment variables (the scheduler is off unless they turn it on,
+    rate-limit budgets are unspent unless they set them); ``options`` are more options of
+    ``serve``.
     """
     port = free_port()
     env = {
@@ -35,11 +50,12 @@ def running_server(
         "PLEDGEWATCH_DATABASE_URL": database_url,
         "PLEDGEWATCH_SCHEDULER_ENABLED": "false",
         "PLEDGEWATCH_LOG_LEVEL": "WARNING",
+        **UNSPENT_BUDGETS,
         **(settings or {}),
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *options],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
