@@ -40,11 +40,10 @@ typecheck:
 pytest:
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-## test-long: the long tier `make test` leaves out (ten minutes or so on two cores): 10,000
-## Schemathesis cases with every check on each database, and the fault harness at a tiny size
+## test-long: the long tier `make test` leaves out (twenty minutes or so on two cores): 10,000
+## Schemathesis cases with every check on each database
 test-long: install-dev
-	PLEDGEWATCH_LONG_TESTS=1 $(BIN)/pytest -n 2 --dist loadgroup \
-		tests/e2e/test_schemathesis.py tests/bench/test_faults.py
+	PLEDGEWATCH_LONG_TESTS=1 $(BIN)/pytest -n 2 --dist loadgroup tests/e2e/test_schemathesis.py
 
 ## faults: overload and faults, measured at full size (docs/RELIABILITY.md; 20,000 items through
 ## three SIGKILLs, PostgreSQL restarted under load, ten times the sustainable rate)

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # so that overload is shed with bounded memory instead of queued without end.
     db_queue_max: int = Field(default=500, gt=0)
     db_queue_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Requests in flight at once per process (health probes, metrics and /events streams
+    # aside); one more is refused at once with 503 and Retry-After, before it costs anything.
+    max_in_flight: int = Field(default=200, gt=0)
     # SIGTERM: open requests get this long to finish, then the process stops anyway (event
     # streams end at once; their clients resume with Last-Event-ID elsewhere).
     shutdown_grace_seconds: float = Field(default=5.0, gt=0)

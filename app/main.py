@@ -46,6 +46,7 @@ from app.gates import DatabaseGates
 from app.http.cors import CorsMiddleware
 from app.http.ratelimit import RateLimitMiddleware, RateLimits, document_rate_limits
 from app.http.security import SecurityHeadersMiddleware, docs_policies
+from app.http.shedding import LoadShedMiddleware
 from app.http.values import parse_origins
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
@@ -220,6 +221,13 @@ def create_app(
     # A database outage met by the middleware inside (idempotency keys) is a 503 too.
     app.add_middleware(DatabaseUnavailableMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    # Past the requests a process can work on at once, the next one is refused on arrival
+    # (after its client's rate limit: a client over budget is told 429, not 503).
+    app.add_middleware(
+        LoadShedMiddleware,
+        max_in_flight=settings.max_in_flight,
+        exempt=("/healthz", "/readyz", "/metrics", f"{API_PREFIX}/events"),
+    )
     # Budgets are spent before anything reads a body or the database; the CORS and security
     # headers go on every answer, 429s and preflights included.
     if settings.rate_limits_enabled:

@@ -112,3 +112,8 @@ DB_ADMISSIONS_REFUSED = Counter(
     "already waited; timeout: waited PLEDGEWATCH_DB_QUEUE_TIMEOUT_SECONDS).",
     ["reason"],
 )
+REQUESTS_SHED = Counter(
+    "pledgewatch_requests_shed_total",
+    "Requests refused with 503 on arrival because PLEDGEWATCH_MAX_IN_FLIGHT requests were "
+    "already in flight in this process.",
+)

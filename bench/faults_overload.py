@@ -1,5 +1,13 @@
 """Scenario c: ten times the sustainable request rate, then back to normal.
 
+The load is a crowd, as a server behind a reverse proxy sees one: the server trusts the
+harness as its proxy (``PLEDGEWATCH_TRUSTED_PROXIES``), and each request comes from one
+of ``CROWD_ADDRESSES`` clients (``X-Forwarded-For``), each write with one of
+``CROWD_KEYS`` collector keys. No client then exceeds its own rate-limit budget, so what
+sheds the excess is the server's admission to the database (``503``), which is what this
+scenario measures; one client over its budget is shed with ``429`` (tests/http/). After
+the load, recovery is timed for a client the load never used (a new address and key).
+
 The mix: 20 % writes (``POST /evidence``, one new item each, with a collector key), 40 %
 ``GET /pledges/{id}``, 40 % ``GET /pledges?limit=20`` (anonymous). First the sustainable
 rate is measured: the answers per second (2xx) that 8 connections get, each sending its
@@ -45,32 +53,71 @@ CONNECTION_CAP = 2000
 RECOVERY_LIMIT_S = 10.0
 # Share of the offered requests that may go unanswered (timed out, refused, reset).
 UNANSWERED_LIMIT = 0.01
+# The crowd: at ten times the sustainable rate (a few thousand requests a second), each of
+# these addresses reads a few times a second, each key writes about ten times a second:
+# well within the default budgets, so none is shed for its own sake.
+CROWD_ADDRESSES = 1000
+CROWD_KEYS = 50
+# The harness's own address, the proxy the server trusts.
+PROXY = "127.0.0.1"
 
 
 class Mix:
     """The requests of the mix, in a fixed order (every fifth one a write)."""
 
-    def __init__(self, target: Target, host: str) -> None:
+    def __init__(
+        self, target: Target, host: str, keys: tuple[str, ...], addresses: tuple[str, ...]
+    ) -> None:
         self.target = target
         self.host = host
+        self.keys = keys
+        self.addresses = addresses
         self.count = 0
         self.run = f"overload-{time.time_ns()}"
 
     def next(self) -> bytes:
         self.count += 1
         pledge = self.target.pledge_ids[self.count % len(self.target.pledge_ids)]
+        client = {"X-Forwarded-For": self.addresses[self.count % len(self.addresses)]}
         if self.count % 5 == 0:
             body = json.dumps(evidence_item(self.run, self.count, self.target.pledge_ids))
+            key = self.keys[(self.count // 5) % len(self.keys)]
             return build_request(
                 "POST",
                 f"{API}/evidence",
                 self.host,
                 body=body.encode(),
-                headers={"Authorization": f"Bearer {self.target.api_key}"},
+                headers={**client, "Authorization": f"Bearer {key}"},
             )
         if self.count % 2:
-            return build_request("GET", f"{API}/pledges/{pledge}", self.host)
-        return build_request("GET", f"{API}/pledges?limit=20", self.host)
+            return build_request("GET", f"{API}/pledges/{pledge}", self.host, headers=client)
+        return build_request("GET", f"{API}/pledges?limit=20", self.host, headers=client)
+
+
+def crowd_addresses(count: int, *, first: int = 0) -> tuple[str, ...]:
+    """``count`` client addresses (documentation ranges are not used: 10.0.0.0/8 is)."""
+    return tuple(
+        f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}" for n in range(first, first + count)
+    )
+
+
+def collector_keys(database_url: str, count: int) -> tuple[str, ...]:
+    """``count`` new collector keys, as many automated jobs would have."""
+    from app.clock import SystemClock
+    from app.db import Database
+    from app.domain.keys.service import create_key
+
+    database = Database(database_url, pool_size=1)
+    stamp = time.time_ns()
+    try:
+        with database.transaction() as session:
+            now = SystemClock().now()
+            return tuple(
+                create_key(session, name=f"crowd-{stamp}-{n}", role="collector", now=now)
+                for n in range(count)
+            )
+    finally:
+        database.dispose()
 
 
 @dataclass
@@ -178,13 +225,14 @@ class Watch:
             await asyncio.sleep(0.5)
 
 
-async def _recovery(pool: Pool, target: Target, host: str) -> float | None:
-    """Seconds until a read and a write (in turn) both succeed; None after the limit."""
-    mix = Mix(target, host)
+async def _recovery(pool: Pool, mix: Mix) -> float | None:
+    """Seconds until a read and a write (in turn) by ``mix``'s client both succeed; None
+    after the limit."""
     started = time.monotonic()
     while time.monotonic() - started < RECOVERY_LIMIT_S:
         read, write = Tally(), Tally()
-        await _one(pool, build_request("GET", f"{API}/pledges?limit=20", host), read)
+        mix.count = 1  # the next request of the mix is a read of the list
+        await _one(pool, mix.next(), read)
         mix.count = 4  # the next request of the mix is a write
         await _one(pool, mix.next(), write)
         if read.good and write.good:
@@ -198,6 +246,7 @@ async def _scenario(
     pid: int,
     target: Target,
     *,
+    keys: tuple[str, ...],
     measure: float,
     load: float,
     factor: float,
@@ -206,7 +255,9 @@ async def _scenario(
     host_port = base_url.removeprefix("http://")
     host, port = host_port.rsplit(":", 1)
     pool = Pool(host, int(port), cap=CONNECTION_CAP)
-    mix = Mix(target, host_port)
+    crowd_keys, fresh_key = keys[:-1], keys[-1:]
+    mix = Mix(target, host_port, crowd_keys, crowd_addresses(CROWD_ADDRESSES))
+    newcomer = Mix(target, host_port, fresh_key, crowd_addresses(1, first=CROWD_ADDRESSES))
     await closed_loop(pool, mix, 1.0, MEASURE_CONNECTIONS)  # warm up
     sustained = await closed_loop(pool, mix, measure, MEASURE_CONNECTIONS)
     rate = sustained.good / measure
@@ -220,7 +271,7 @@ async def _scenario(
     ]
     overload, offered = await open_loop(pool, mix, rate * factor, load, timeout)
     load_end = time.monotonic()
-    recovered = await _recovery(pool, target, host_port)
+    recovered = await _recovery(pool, newcomer)
     after = await closed_loop(pool, mix, 2.0, MEASURE_CONNECTIONS)
     watch.stop = True
     await asyncio.gather(*watchers)
@@ -256,12 +307,18 @@ def run_overload(
     report = Report(f"c. {factor:g}x the sustainable rate for {load_seconds:g} s ({backend})")
     with scratch_database(backend, work_dir, "faults_overload", postgres_url) as url:
         target = prepare(url)
-        with serving(url, work_dir / f"overload-{backend}.log") as server:
+        keys = collector_keys(url, CROWD_KEYS + 1)
+        with serving(
+            url,
+            work_dir / f"overload-{backend}.log",
+            env={"PLEDGEWATCH_TRUSTED_PROXIES": PROXY},
+        ) as server:
             found = asyncio.run(
                 _scenario(
                     server.base_url,
                     server.pid,
                     target,
+                    keys=keys,
                     measure=measure_seconds,
                     load=load_seconds,
                     factor=factor,

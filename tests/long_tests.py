@@ -3,7 +3,7 @@
 ``slow`` marks tests that start servers; they stay in ``make test``. A test marked with
 ``long_test`` as well is skipped unless ``PLEDGEWATCH_LONG_TESTS=1`` (set by
 ``make test-long``, or a CI job of its own): the 10,000-case Schemathesis run on each
-database and the fault harness at a tiny size.
+database.
 """
 
 from __future__ import annotations
