@@ -44,7 +44,7 @@ async def admitted(request: Request) -> AsyncIterator[None]:
         yield
 
 
-def _bearer_secret(request: Request) -> str | None:
+def bearer_secret(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
         return None
@@ -60,7 +60,7 @@ async def get_principal(request: Request) -> Principal:
     Every request that opens a transaction authenticates first (``get_session`` depends
     on this), so a key lookup never waits for a database slot while the request holds one.
     """
-    secret = _bearer_secret(request)
+    secret = bearer_secret(request)
     if secret is None:
         return ANONYMOUS
     directory: KeyDirectory = request.app.state.keys

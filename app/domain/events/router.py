@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -15,9 +17,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from app.deps import Reader, SettingsDep
+from app.deps import Reader, SettingsDep, bearer_secret
 from app.domain.events.service import EVENT_KINDS, Event
 from app.domain.events.stream import EventBroadcaster
+from app.domain.keys.directory import KeyDirectory
 from app.errors import InvalidInput
 from app.problems import PROBLEM_JSON, problems
 
@@ -31,6 +34,8 @@ RETRY_MILLISECONDS = 3000
 # A client whose socket accepts nothing for this long has stopped reading: its stream is
 # dropped (and its slot freed); it resumes from Last-Event-ID when it comes back.
 SEND_TIMEOUT_SECONDS = 60.0
+# A stream opened with a key asks this often whether the key still holds.
+KEY_CHECK_SECONDS = 5.0
 # On shutdown, how long a stream may take to end by itself before it is cut off.
 SHUTDOWN_GRACE_SECONDS = 2.0
 SEPARATOR = "\n"
@@ -162,19 +167,48 @@ def event_message(event: Event) -> ServerSentEvent:
     return ServerSentEvent(data=data, event=event.kind, id=str(event.seq), sep=SEPARATOR)
 
 
+async def end_when_key_lapses(
+    directory: KeyDirectory, secret: str, stop: anyio.Event, *, every: float = KEY_CHECK_SECONDS
+) -> None:
+    """Set ``stop`` once the stream's key is revoked, rotated away or expired.
+
+    A key is refused at once on every new request; a stream is one request that lasts, so
+    it asks again every ``every`` seconds (the directory answers from memory for most).
+    """
+    while not stop.is_set():
+        await asyncio.sleep(every)
+        try:
+            principal = await directory.principal_for(secret)
+        except Exception as error:  # the database busy or away: ask again next time
+            log.debug("cannot check an events stream's key: %s", error)
+            continue
+        if principal is None:
+            stop.set()
+
+
 async def messages(
-    broadcaster: EventBroadcaster, *, start: int, kinds: Collection[str], stop: anyio.Event
+    broadcaster: EventBroadcaster,
+    *,
+    start: int,
+    kinds: Collection[str],
+    stop: anyio.Event,
+    key_watch: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    # The id-only first message pins where this stream starts: a browser that loses the
-    # connection before any event arrives still resumes from here, not from a later head.
-    yield ServerSentEvent(
-        comment=f"pledgewatch events after seq {start}: {', '.join(kinds)}",
-        id=str(start),
-        retry=RETRY_MILLISECONDS,
-        sep=SEPARATOR,
-    )
-    async for event in broadcaster.follow(after=start, kinds=kinds, stop=stop):
-        yield event_message(event)
+    watching = asyncio.ensure_future(key_watch()) if key_watch is not None else None
+    try:
+        # The id-only first message pins where this stream starts: a browser that loses the
+        # connection before any event arrives still resumes from here, not from a later head.
+        yield ServerSentEvent(
+            comment=f"pledgewatch events after seq {start}: {', '.join(kinds)}",
+            id=str(start),
+            retry=RETRY_MILLISECONDS,
+            sep=SEPARATOR,
+        )
+        async for event in broadcaster.follow(after=start, kinds=kinds, stop=stop):
+            yield event_message(event)
+    finally:
+        if watching is not None:
+            watching.cancel()
 
 
 @router.get(
@@ -225,8 +259,16 @@ async def stream_events(
     # ends (its last chunk sent), instead of being cut off mid-response, and the client
     # reconnects with its Last-Event-ID to whichever server is up.
     shutting_down = anyio.Event()
+    # A stream opened with a key ends the same way once the key lapses; the client's
+    # reconnection is then refused (401) like any request with that key.
+    secret = bearer_secret(request)
+    key_watch = (
+        partial(end_when_key_lapses, request.app.state.keys, secret, shutting_down)
+        if secret is not None
+        else None
+    )
     return EventStreamResponse(
-        messages(broadcaster, start=start, kinds=kinds, stop=shutting_down),
+        messages(broadcaster, start=start, kinds=kinds, stop=shutting_down, key_watch=key_watch),
         shutdown_event=shutting_down,
         shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
         ping=settings.sse_heartbeat_seconds,

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -27,6 +28,7 @@ from app.domain.events import stream as stream_module
 from app.domain.events.router import EVENTS_PATTERN, RETRY_MILLISECONDS
 from app.domain.events.service import EVENT_KINDS
 from app.domain.events.stream import PAGE_SIZE
+from app.domain.keys.service import Principal
 from app.domain.ledger.models import LedgerEntry
 from app.main import create_app
 from tests.domain.events.support import AsgiStream, SseMessage
@@ -566,3 +568,59 @@ def test_a_client_that_accepts_nothing_for_too_long_is_dropped(
     # Dropped, not ended: the client never took the last chunk, and its slot is free.
     assert not ended
     assert streams == 0
+
+
+# --- a stream opened with a key ---------------------------------------------------------------
+
+
+def test_a_stream_opened_with_a_key_ends_once_the_key_is_revoked(
+    settings: Settings,
+    clock: FrozenClock,
+    database: Database,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(events_router, "KEY_CHECK_SECONDS", 0.05)
+    app = make_app(settings, clock, database)
+
+    async def scenario() -> tuple[int | None, int]:
+        async with serving(app) as http:
+            async with AsgiStream(app, EVENTS, headers=keys["viewer"]) as stream:
+                await stream.next_message()
+                revoked = await http.post(f"{API}/keys/viewer/revoke", headers=keys["admin"])
+                assert revoked.status_code == 200, revoked.text
+                await asyncio.wait_for(stream.finished(), timeout=30)
+            again = await http.get(EVENTS, headers=keys["viewer"])
+        return stream.status, again.status_code
+
+    status, reconnection = asyncio.run(scenario())
+
+    assert status == 200
+    assert reconnection == 401
+
+
+def test_the_key_watch_stops_only_when_the_key_lapses() -> None:
+    answers: list[Principal | None] = [Principal(name="job", role="viewer")] * 3 + [None]
+
+    class Directory:
+        asked = 0
+
+        async def principal_for(self, secret: str) -> Principal | None:
+            answer = answers[self.asked]
+            self.asked += 1
+            return answer
+
+    directory = Directory()
+    stop = anyio.Event()
+
+    async def watch() -> None:
+        await events_router.end_when_key_lapses(
+            directory,  # type: ignore[arg-type]
+            "pw_secret",
+            stop,
+            every=0,
+        )
+
+    asyncio.run(watch())
+    assert stop.is_set()
+    assert directory.asked == 4
