@@ -79,6 +79,9 @@ def test_overload(backend: str, postgres_url: str | None, tmp_path: Path) -> Non
         factor=10,
         rss_limit_mb=300,
         postgres_url=postgres_url,
+        # Beside another test worker, the server does not have its two cores: whether it
+        # sheds before clients give up is judged by make faults, on an idle machine.
+        machine_to_itself=False,
     )
     figures = report.figures
     rate = figures["sustainable rate (2xx answers/s, 8 connections)"]

@@ -91,6 +91,12 @@ def test_requesters_waiting_for_a_run_hold_no_thread_and_no_database_slot(
             def threads_in_use() -> float:
                 return anyio.to_thread.current_default_thread_limiter().borrowed_tokens
 
+            # The app's own background readers (the revision watch, the key directory)
+            # borrow a thread for a moment now and then: on a busy machine a sample may
+            # catch one. Twelve waiters holding threads would never let the count reach 0.
+            deadline = time.monotonic() + WAIT
+            while client.portal.call(threads_in_use) and time.monotonic() < deadline:
+                time.sleep(0.005)
             assert client.portal.call(threads_in_use) == 0
             assert client.get(f"{API}/pledges").status_code == 200
             assert client.get(f"{API}/status", params={"kind": "commitment"}).status_code == 200
