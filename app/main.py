@@ -18,7 +18,6 @@ from app import __version__
 from app.clock import Clock, SystemClock
 from app.collectors.admission import LoopAdmission
 from app.collectors.collect import CollectContext, own_addresses
-from app.collectors.fetch import SafeFetcher
 from app.config import Settings, get_settings
 from app.db import Database
 from app.demo.router import router as demo_router
@@ -51,6 +50,7 @@ from app.http.values import parse_origins
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
 from app.migrate import head_revision
+from app.net import SafeFetcher
 from app.problems import DatabaseUnavailableMiddleware, Problem, install
 from app.system.router import router as system_router
 

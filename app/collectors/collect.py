@@ -15,14 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import or_, select, update
 
 from app.clock import Clock
 from app.collectors.admission import Admission, no_admission
 from app.collectors.feeds import FeedError, FeedItem, read_feed
-from app.collectors.fetch import FetchError, FetchResult
 from app.collectors.match import matches
 from app.config import Settings
 from app.db import Database
@@ -34,9 +33,7 @@ from app.domain.pledges.models import Pledge
 from app.domain.sources.models import Source, SourceRun
 from app.domain.sources.service import start_run
 from app.metrics import EVIDENCE_COLLECTED, SOURCE_RUNS
-
-if TYPE_CHECKING:
-    from app.collectors.fetch import SafeFetcher
+from app.net import FetchError, FetchResult, SafeFetcher
 
 log = logging.getLogger("pledgewatch.collect")
 

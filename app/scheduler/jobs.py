@@ -76,7 +76,7 @@ class SchedulerContext:
         with self._lock:
             if self.collect_context is None:
                 from app.collectors.collect import CollectContext
-                from app.collectors.fetch import SafeFetcher
+                from app.net import SafeFetcher
 
                 fetcher = SafeFetcher(
                     allow_private=self.settings.allow_private_source_hosts,
