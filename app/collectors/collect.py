@@ -3,9 +3,10 @@
 This module orchestrates; the sources service records (the run begun, each chunk's
 progress, how it ended, the source's polling state) and the evidence service ingests,
 each in a short transaction opened here. A bad feed fails its own run, recorded with
-the error in words; nothing here raises into the scheduler or the API. A big feed holds nothing others need while
-it is fetched and parsed, and ingests in short transactions that take their turn
-with the API's writes, at most so many items a run (the next run goes on).
+the error in words; nothing here raises into the scheduler or the API. A big feed
+holds nothing others need while it is fetched and parsed, and ingests in short
+transactions that take their turn with the API's writes, at most so many items a
+run (the next run goes on).
 """
 
 from __future__ import annotations
