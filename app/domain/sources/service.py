@@ -207,6 +207,7 @@ class FeedSettings:
 
     @classmethod
     def of(cls, source: Source) -> FeedSettings:
+        """A copy of ``source``'s settings, usable once its session is closed."""
         return cls(
             id=source.id,
             url=source.url,
