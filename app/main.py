@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.clock import Clock, SystemClock
 from app.collectors.admission import LoopAdmission
-from app.collectors.collect import CollectContext, own_addresses
-from app.collectors.fetch import SafeFetcher
+from app.collectors.collect import CollectContext, collect_source, own_addresses
 from app.config import Settings, get_settings
 from app.db import Database
 from app.demo.router import router as demo_router
@@ -51,6 +51,7 @@ from app.http.values import parse_origins
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, IdempotencyMiddleware, RequestContextMiddleware
 from app.migrate import head_revision
+from app.net import SafeFetcher
 from app.problems import DatabaseUnavailableMiddleware, Problem, install
 from app.system.router import router as system_router
 
@@ -143,6 +144,8 @@ def create_app(
             max_items=settings.collect_max_items_per_run,
             chunk_items=settings.collect_chunk_items,
         )
+        # POST /sources/{id}/run polls through this (the sources package imports no poller).
+        app.state.poll_source = partial(collect_source, app.state.collect_context)
         if settings.sources_file is not None:
             load_sources(app.state.database, settings.sources_file, app.state.clock)
         app.state.scheduler = None

@@ -1,9 +1,12 @@
 """One poll of one source: fetch, parse, match, ingest in chunks, and record the run.
 
-A bad feed fails its own run, recorded with the error in words; nothing here
-raises into the scheduler or the API. A big feed holds nothing others need while
-it is fetched and parsed, and ingests in short transactions that take their turn
-with the API's writes, at most so many items a run (the next run goes on).
+This module orchestrates; the sources service records (the run begun, each chunk's
+progress, how it ended, the source's polling state) and the evidence service ingests,
+each in a short transaction opened here. A bad feed fails its own run, recorded with
+the error in words; nothing here raises into the scheduler or the API. A big feed
+holds nothing others need while it is fetched and parsed, and ingests in short
+transactions that take their turn with the API's writes, at most so many items a
+run (the next run goes on).
 """
 
 from __future__ import annotations
@@ -15,14 +18,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 
 from app.clock import Clock
 from app.collectors.admission import Admission, no_admission
 from app.collectors.feeds import FeedError, FeedItem, read_feed
-from app.collectors.fetch import FetchError, FetchResult
 from app.collectors.match import matches
 from app.config import Settings
 from app.db import Database
@@ -31,12 +32,16 @@ from app.domain.evidence.models import Evidence, EvidenceLink
 from app.domain.evidence.schemas import EvidenceFields, LinkIn
 from app.domain.evidence.service import Draft, ingest
 from app.domain.pledges.models import Pledge
-from app.domain.sources.models import Source, SourceRun
-from app.domain.sources.service import start_run
+from app.domain.sources.service import (
+    FeedSettings,
+    Poll,
+    RunReport,
+    begin_poll,
+    finish_run,
+    record_progress,
+)
 from app.metrics import EVIDENCE_COLLECTED, SOURCE_RUNS
-
-if TYPE_CHECKING:
-    from app.collectors.fetch import SafeFetcher
+from app.net import FetchError, FetchResult, SafeFetcher
 
 log = logging.getLogger("pledgewatch.collect")
 
@@ -65,60 +70,10 @@ class CollectContext:
 
 
 @dataclass
-class RunResult:
-    outcome: str
-    http_status: int | None = None
-    items_seen: int = 0
-    evidence_added: int = 0
-    links_added: int = 0
-    error: str | None = None
-    # Conditional-GET state to keep for the next poll (only after a successful fetch).
-    etag: str | None = None
-    last_modified: str | None = None
-    items_ingested: int = 0
-    items_left: int = 0
+class RunResult(RunReport):
+    """What one poll did: its run's report, and in how many transactions it ingested."""
+
     chunks: int = 0
-
-
-@dataclass(frozen=True)
-class _Config:
-    """What a poll needs of its source, read in one short transaction before it fetches."""
-
-    id: str
-    url: str
-    etag: str | None
-    last_modified: str | None
-    kind: str
-    mapping: dict[str, Any] | None
-    name: str
-    source_type: str
-    reliability: str
-    stance: str
-    trusted: bool
-    pledges: tuple[str, ...]
-    match_any: tuple[str, ...]
-    match_all: tuple[str, ...]
-    match_none: tuple[str, ...]
-
-    @classmethod
-    def of(cls, source: Source) -> _Config:
-        return cls(
-            id=source.id,
-            url=source.url,
-            etag=source.etag,
-            last_modified=source.last_modified,
-            kind=source.kind,
-            mapping=source.mapping,
-            name=source.name,
-            source_type=source.source_type,
-            reliability=source.reliability,
-            stance=source.stance,
-            trusted=source.trusted,
-            pledges=tuple(source.pledges),
-            match_any=tuple(source.match_any),
-            match_all=tuple(source.match_all),
-            match_none=tuple(source.match_none),
-        )
 
 
 @dataclass(frozen=True)
@@ -149,10 +104,10 @@ def collect_source(
     between chunks (the scheduler stopping, or no longer leading).
     """
     started = time.perf_counter()
-    begun = _begin(context, source_id, run_id)
-    if begun is None:
+    poll = _begin(context, source_id, run_id)
+    if poll is None:
         return None
-    config, run_id = begun
+    config, run_id = poll.source, poll.run_id
     try:
         fetched = context.fetcher.fetch(
             config.url, etag=config.etag, last_modified=config.last_modified
@@ -189,22 +144,15 @@ def _never() -> bool:
     return False
 
 
-def _begin(
-    context: CollectContext, source_id: str, run_id: int | None
-) -> tuple[_Config, int] | None:
-    writes = run_id is None
+def _begin(context: CollectContext, source_id: str, run_id: int | None) -> Poll | None:
+    writes = run_id is None  # only a new run is written; a run already recorded is read
     with context.admission(write=writes), context.database.transaction(write=writes) as session:
-        source = session.get(Source, source_id)
-        if source is None or (run_id is None and not source.enabled):
-            return None
-        if run_id is None:
-            run_id = start_run(session, source_id, now=context.clock.now()).id
-        return _Config.of(source), run_id
+        return begin_poll(session, source_id, run_id=run_id, now=context.clock.now())
 
 
 def _ingest_fetched(
     context: CollectContext,
-    config: _Config,
+    config: FeedSettings,
     run_id: int,
     fetched: FetchResult,
     should_stop: Callable[[], bool],
@@ -241,7 +189,7 @@ def _ingest_fetched(
 
 def _ingest_in_chunks(
     context: CollectContext,
-    config: _Config,
+    config: FeedSettings,
     run_id: int,
     items: list[FeedItem],
     fetched_at: datetime,
@@ -281,7 +229,11 @@ def _ingest_in_chunks(
 
 
 def _ingest_chunk(
-    context: CollectContext, config: _Config, run_id: int, drafts: list[Draft], result: RunResult
+    context: CollectContext,
+    config: FeedSettings,
+    run_id: int,
+    drafts: list[Draft],
+    result: RunResult,
 ) -> None:
     """One transaction: the chunk's items, and the run's progress with them."""
     with context.admission(write=True), context.database.transaction() as session:
@@ -294,14 +246,8 @@ def _ingest_chunk(
         )
         added = sum(1 for outcome in outcomes if outcome.created)
         linked = sum(outcome.new_links for outcome in outcomes)
-        session.execute(
-            update(SourceRun)
-            .where(SourceRun.id == run_id)
-            .values(
-                items_ingested=SourceRun.items_ingested + len(drafts),
-                evidence_added=SourceRun.evidence_added + added,
-                links_added=SourceRun.links_added + linked,
-            )
+        record_progress(
+            session, run_id, items=len(drafts), evidence_added=added, links_added=linked
         )
     # Counted once committed: the run's record never claims what was rolled back.
     result.items_ingested += len(drafts)
@@ -376,7 +322,7 @@ def _clean(text: str, limit: int) -> str:
     return text.replace("\x00", "").strip()[:limit]
 
 
-def _identity(item: FeedItem, config: _Config) -> _Identity:
+def _identity(item: FeedItem, config: FeedSettings) -> _Identity:
     content_hash = item.content_hash
     if config.kind == "csv":
         # A row's text is only a date and a number: the same pair in another series is
@@ -391,7 +337,7 @@ def _identity(item: FeedItem, config: _Config) -> _Identity:
 def _draft(
     item: FeedItem,
     identity: _Identity,
-    config: _Config,
+    config: FeedSettings,
     pledges: list[str],
     fetched_at: datetime,
 ) -> Draft:
@@ -419,30 +365,6 @@ def _draft(
 
 
 def _finish(context: CollectContext, source_id: str, run_id: int, result: RunResult) -> None:
-    now = context.clock.now()
+    now = context.clock.now()  # when the run ended, not when its record got its turn
     with context.admission(write=True), context.database.transaction() as session:
-        run = session.get(SourceRun, run_id)
-        if run is not None:
-            run.finished_at = now
-            run.outcome = result.outcome
-            run.http_status = result.http_status
-            run.items_seen = result.items_seen
-            # The chunks recorded their progress as they committed; this is the same sum.
-            run.items_ingested = result.items_ingested
-            run.items_left = result.items_left
-            run.evidence_added = result.evidence_added
-            run.links_added = result.links_added
-            run.error = result.error
-        source = session.get(Source, source_id)
-        if source is None:
-            return
-        source.last_run_at = now
-        if result.outcome == "failed":
-            source.consecutive_failures += 1
-            return
-        source.consecutive_failures = 0
-        source.last_success_at = now
-        # A partial run must fetch the whole feed again next time, not be told "not modified".
-        partial = result.outcome == "partial"
-        source.etag = None if partial else result.etag
-        source.last_modified = None if partial else result.last_modified
+        finish_run(session, source_id, run_id, result, now=now)

@@ -14,23 +14,22 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.clock import Clock
+from app.collectors.collect import CollectContext, collect_source
 from app.config import Settings
 from app.db import Database
-from app.domain.sources.models import Source
+from app.domain.sources.service import polling_schedule
+from app.domain.webhooks.deliver import run as run_deliveries
 from app.logs import LogThrottle
 from app.metrics import SCHEDULER_JOBS
+from app.net import SafeFetcher
 from app.scheduler.models import JobRun
 from app.sql import insert_or_ignore
-
-if TYPE_CHECKING:
-    from app.collectors.collect import CollectContext
 
 log = logging.getLogger("pledgewatch.scheduler")
 # Ticks come every few seconds: a database that cannot record them is reported once a minute.
@@ -46,9 +45,6 @@ SELF_GUARDED_JOBS = frozenset({DELIVER})
 # Sources are added, changed and disabled through the API at any time; the
 # scheduler catches up within this long.
 SYNC_SOURCES_EVERY_SECONDS = 30
-# A failing source is polled less often: every_minutes doubled per consecutive
-# failure, up to 2**5 = 32 times.
-MAX_BACKOFF_DOUBLINGS = 5
 
 
 @dataclass
@@ -75,9 +71,6 @@ class SchedulerContext:
         """The collect context, with one shared safe HTTP client for every poll."""
         with self._lock:
             if self.collect_context is None:
-                from app.collectors.collect import CollectContext
-                from app.collectors.fetch import SafeFetcher
-
                 fetcher = SafeFetcher(
                     allow_private=self.settings.allow_private_source_hosts,
                     clock=self.clock,
@@ -212,8 +205,6 @@ def evaluate() -> None:
 
 def collect(source_id: str) -> None:
     """Poll one source (its run records the outcome; a bad feed never raises here)."""
-    from app.collectors.collect import collect_source
-
     context = current_context()
     # Between chunks, a run stops when the scheduler does: the rest waits for the next run.
     collect_source(context.collector(), source_id, should_stop=context.stop_requested.is_set)
@@ -221,10 +212,8 @@ def collect(source_id: str) -> None:
 
 def deliver() -> None:
     """Queue new events for every webhook and send the deliveries that are due."""
-    from app.domain.webhooks.deliver import run
-
     context = current_context()
-    run(context.database, context.collector().fetcher, context.clock, context.settings)
+    run_deliveries(context.database, context.collector().fetcher, context.clock, context.settings)
 
 
 def sync_sources() -> None:
@@ -235,48 +224,32 @@ def sync_sources() -> None:
     reconcile_collect_jobs(context.scheduler, context.database, context.clock.now())
 
 
-def collect_interval(every_minutes: int, consecutive_failures: int) -> timedelta:
-    """How often a source is polled: slower while it keeps failing."""
-    doublings = min(max(consecutive_failures, 0), MAX_BACKOFF_DOUBLINGS)
-    return timedelta(minutes=every_minutes * 2**doublings)
-
-
 def reconcile_collect_jobs(scheduler: Any, database: Database, now: datetime) -> None:
     """Add, reschedule and remove collect jobs so that they match the enabled sources.
 
-    A job whose interval is unchanged is left alone, so its next run survives
-    restarts and syncs; a new one runs now if the source was never polled (or is
-    overdue), else one interval after its last poll.
+    The sources service says each source's interval (backed off while it fails) and when
+    its next poll is due. A job whose interval is unchanged is left alone, so its next run
+    survives restarts and syncs; a new one runs now if the source was never polled (or is
+    overdue), else when its next poll is due.
     """
     with database.transaction(write=False) as session:
-        rows = session.execute(
-            select(
-                Source.id, Source.every_minutes, Source.consecutive_failures, Source.last_run_at
-            ).where(Source.enabled.is_(True))
-        ).all()
-    wanted = {
-        f"{COLLECT_PREFIX}{row.id}": (
-            row.id,
-            collect_interval(row.every_minutes, row.consecutive_failures),
-            row.last_run_at,
-        )
-        for row in rows
-    }
+        schedules = polling_schedule(session)
+    wanted = {f"{COLLECT_PREFIX}{plan.source_id}": plan for plan in schedules}
     existing = {job.id: job for job in scheduler.get_jobs() if job.id.startswith(COLLECT_PREFIX)}
     for job_id in existing.keys() - wanted.keys():
         scheduler.remove_job(job_id)
         log.info("collect job removed", extra={"job_id": job_id})
-    for job_id, (source_id, interval, last_run_at) in wanted.items():
+    for job_id, plan in wanted.items():
         job = existing.get(job_id)
-        if job is not None and getattr(job.trigger, "interval", None) == interval:
+        if job is not None and getattr(job.trigger, "interval", None) == plan.interval:
             continue
-        first = now if last_run_at is None else max(now, last_run_at + interval)
+        first = now if plan.due_at is None else max(now, plan.due_at)
         scheduler.add_job(
             collect,
-            IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC),
+            IntervalTrigger(seconds=plan.interval.total_seconds(), timezone=UTC),
             id=job_id,
             name=job_id,
-            args=[source_id],
+            args=[plan.source_id],
             replace_existing=True,
             next_run_time=first,
         )
@@ -284,7 +257,7 @@ def reconcile_collect_jobs(scheduler: Any, database: Database, now: datetime) ->
             "collect job scheduled",
             extra={
                 "job_id": job_id,
-                "every_seconds": interval.total_seconds(),
+                "every_seconds": plan.interval.total_seconds(),
                 "next_run": first.isoformat(),
             },
         )

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR  # type: ignore[import-untyped]
 from apscheduler.executors.base import run_job  # type: ignore[import-untyped]
@@ -26,7 +26,7 @@ from apscheduler.schedulers.base import STATE_STOPPED  # type: ignore[import-unt
 
 from app.clock import Clock, SystemClock
 from app.collectors.admission import no_admission
-from app.collectors.collect import own_addresses
+from app.collectors.collect import CollectContext, own_addresses
 from app.config import Settings
 from app.db import Database
 from app.logs import LogThrottle
@@ -34,9 +34,6 @@ from app.metrics import SCHEDULER_JOBS, SCHEDULER_LEADER
 from app.scheduler.jobs import SchedulerContext, job_family, register_jobs, run_once
 from app.scheduler.lock import LeaderLock, leader_lock, make_holder
 from app.system.schema import inspect_schema
-
-if TYPE_CHECKING:
-    from app.collectors.collect import CollectContext
 
 log = logging.getLogger("pledgewatch.scheduler")
 

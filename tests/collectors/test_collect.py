@@ -15,7 +15,6 @@ from app.clock import FrozenClock
 from app.collectors import collect as collect_module
 from app.collectors import feeds
 from app.collectors.collect import CollectContext, collect_source
-from app.collectors.fetch import SafeFetcher
 from app.db import Database
 from app.domain.evidence import service as evidence_service
 from app.domain.evidence.models import Evidence, EvidenceLink
@@ -23,6 +22,7 @@ from app.domain.pledges.models import Pledge
 from app.domain.sources.models import Source, SourceRun
 from app.domain.sources.schemas import SourceCreate
 from app.domain.sources.service import create_source
+from app.net import SafeFetcher
 from app.seed.loader import seed
 from tests.collectors.feed_server import Answer, FeedServer, feed_server, rss
 

@@ -16,7 +16,6 @@ from app.db import Database
 from app.domain.sources.models import Source
 from app.scheduler.jobs import (
     SchedulerContext,
-    collect_interval,
     current_context,
     ensure_interval_job,
     reconcile_collect_jobs,
@@ -115,14 +114,6 @@ def test_jobs_see_the_context_only_while_they_run(context: SchedulerContext) -> 
     assert seen == [context]
     with pytest.raises(RuntimeError, match="no scheduler context"):
         current_context()
-
-
-@pytest.mark.parametrize(
-    ("every", "failures", "minutes"),
-    [(10, 0, 10), (10, 1, 20), (10, 3, 80), (10, 5, 320), (10, 50, 320), (1, -1, 1)],
-)
-def test_failing_sources_are_polled_less_often(every: int, failures: int, minutes: int) -> None:
-    assert collect_interval(every, failures) == timedelta(minutes=minutes)
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, BackgroundTasks, Path, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Request, Response
 
 from app.deps import Admin, ClockDep, SessionDep
 from app.domain.keys.service import Principal
@@ -21,6 +22,18 @@ SourceId = Annotated[
     str, Path(pattern=SLUG_PATTERN, max_length=100, description="The source's id.")
 ]
 _View = TypeVar("_View", SourceOut, RunOut)
+
+PollSource = Callable[[str, int], object]
+"""Polls a source into the run already recorded for it: (source id, run id). The app wires
+the feed poller in its lifespan (``app.state.poll_source``); this package does not import it."""
+
+
+def get_poll_source(request: Request) -> PollSource:
+    poll: PollSource = request.app.state.poll_source
+    return poll
+
+
+PollSourceDep = Annotated[PollSource, Depends(get_poll_source)]
 
 
 def as_seen_by(principal: Principal, views: list[_View]) -> list[_View]:
@@ -82,21 +95,19 @@ def delete_source(source_id: SourceId, session: SessionDep, clock: ClockDep, _: 
 )
 def run_source(
     source_id: SourceId,
-    request: Request,
     session: SessionDep,
     clock: ClockDep,
     _: Admin,
+    poll_source: PollSourceDep,
     response: Response,
     background: BackgroundTasks,
 ) -> RunOut:
     """Poll now. The run is recorded at once (``running``) and finishes in the background;
     follow it at ``/sources/{id}/runs``."""
-    from app.collectors.collect import collect_source
-
     run = service.start_run(session, source_id, now=clock.now())
     # The run row must be committed before the background poll looks for it; background
     # tasks start after the response, by which time the request's transaction has committed.
-    background.add_task(collect_source, request.app.state.collect_context, source_id, run.id)
+    background.add_task(poll_source, source_id, run.id)
     response.headers["Location"] = f"/api/v1/sources/{source_id}/runs"
     return service.run_out(run)
 

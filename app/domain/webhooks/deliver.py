@@ -35,7 +35,6 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.clock import Clock
-from app.collectors.fetch import FetchError, SafeFetcher
 from app.config import Settings
 from app.db import Database
 from app.domain.events.service import Event, read_events
@@ -44,6 +43,7 @@ from app.domain.ledger.service import read_head
 from app.domain.webhooks.models import Webhook, WebhookDelivery
 from app.domain.webhooks.signing import signed_headers
 from app.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_QUEUED
+from app.net import FetchError, SafeFetcher
 from app.sql import insert_or_ignore
 
 log = logging.getLogger("pledgewatch.webhooks")

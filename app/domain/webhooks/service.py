@@ -11,12 +11,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.collectors.fetch import FetchError, Resolver, check_public_url, system_resolver
 from app.domain.ledger.service import read_head, record
 from app.domain.status.revision import claim_revision
 from app.domain.webhooks.models import Webhook, WebhookDelivery
 from app.domain.webhooks.schemas import DeliveryOut, WebhookCreate, WebhookOut
 from app.errors import InvalidInput, NotFound
+from app.net import FetchError, Resolver, check_public_url, system_resolver
 from app.pagination import cursor_id, decode_cursor, encode_cursor
 
 

@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 
 from app.clock import FrozenClock
 from app.collectors.collect import CollectContext, collect_source
-from app.collectors.fetch import SafeFetcher
 from app.config import Settings
 from app.db import Database
 from app.domain.keys.service import create_key
@@ -30,6 +29,7 @@ from app.domain.webhooks.schemas import WebhookCreate
 from app.domain.webhooks.service import create_webhook
 from app.main import create_app
 from app.migrate import upgrade
+from app.net import SafeFetcher
 from app.seed.loader import seed
 from tests.collectors.feed_server import Answer, feed_server
 from tests.conftest import NOW, ROLES, postgres_database_name, scratch_postgres

@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 
 from app.clock import FrozenClock
 from app.collectors.collect import CollectContext, collect_source
-from app.collectors.fetch import SafeFetcher
 from app.db import Database
 from app.domain.keys.service import Principal
 from app.domain.sources.router import as_seen_by
@@ -35,6 +34,7 @@ from app.domain.webhooks.schemas import WebhookCreate
 from app.domain.webhooks.service import create_webhook
 from app.errors import InvalidInput
 from app.logs import JsonFormatter
+from app.net import SafeFetcher
 from tests.collectors.feed_server import Answer, feed_server
 from tests.domain.transfer.support import empty_database, open_instance
 from tests.factories import PLEDGE_ID, Keys, make_pledge

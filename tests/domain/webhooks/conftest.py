@@ -8,8 +8,8 @@ import pytest
 import standardwebhooks.webhooks
 
 from app.clock import FrozenClock
-from app.collectors.fetch import SafeFetcher
 from app.config import Settings
+from app.net import SafeFetcher
 from tests.domain.webhooks.receiver import Receiver, clocked_datetime, webhook_receiver
 
 

@@ -19,13 +19,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.clock import FrozenClock
-from app.collectors.fetch import SafeFetcher
 from app.config import Settings
 from app.db import Database
 from app.domain.ledger.models import LedgerEntry
 from app.domain.ledger.service import read_head
 from app.domain.webhooks import deliver, signing
 from app.domain.webhooks.models import WebhookDelivery
+from app.net import SafeFetcher
 from app.scheduler.jobs import DELIVER, SchedulerContext, register_jobs, run_once
 from app.scheduler.models import JobRun
 from app.scheduler.service import build_scheduler

@@ -1,22 +1,18 @@
-"""The one way collectors reach the network: a guarded, bounded HTTP client.
+"""The one safe outbound HTTP client, shared by collectors (GET) and webhooks (POST).
 
-Sources are URLs typed in by staff, so a fetch is a request the service makes on
-someone else's behalf. Every hop is therefore vetted *after* DNS: the host is
-resolved, every address must be globally routable (unless private hosts are
-allowed, or the host:port is explicitly exempt), and the connection is then made
-to the vetted address itself, so a second, different DNS answer (rebinding)
-cannot slip a private address in between the check and the connection.
-Redirects are followed here, one hop at a time, each target vetted the same way.
-Webhook deliveries (``SafeFetcher.post``) go through the same guard, follow no
-redirects and retry nothing: their caller records each attempt and retries later.
+Every hop is vetted after DNS by the guard (``app/net/guard.py``) and the connection is
+made to a vetted address, with the host name kept for Host and TLS. Fetches follow
+redirects here, one hop at a time, each target vetted the same way; they send conditional
+headers, retry network errors, timeouts and 5xx answers with jittered backoff, and cap
+the body by its decoded size (``app/net/decode.py``). Webhook deliveries
+(``SafeFetcher.post``) go through the same guard, follow no redirects and retry nothing:
+their caller records each attempt and retries later.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
@@ -28,8 +24,10 @@ from typing import TypeVar
 import httpx
 
 from app.clock import Clock
-from app.collectors.decode import ACCEPT_ENCODING, DecodeError, decoded
 from app.metrics import FETCH_SECONDS
+from app.net.decode import ACCEPT_ENCODING, DecodeError, decoded
+from app.net.errors import FetchError, RetryableError
+from app.net.guard import Resolver, Target, system_resolver, vet
 
 log = logging.getLogger("pledgewatch.fetch")
 
@@ -41,40 +39,7 @@ ACCEPT = (
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 # Backoff never waits longer than this between two attempts, whatever the attempt number.
 MAX_BACKOFF_SECONDS = 30.0
-# NAT64's well-known prefix carries an IPv4 address in its last 32 bits.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
 _E = TypeVar("_E", bound=BaseException)
-
-Resolver = Callable[[str, int], list[str]]
-"""Resolves (host, port) to the IP addresses (as strings) a connection may use, in order."""
-
-
-class FetchError(Exception):
-    """A fetch that failed; ``str(error)`` is a sentence fit for a source's run record.
-
-    ``outcome`` is the metric label (``refused``, ``invalid_url``, ``http_error``, ``timeout``,
-    ``network_error``, ``too_large``, ``too_many_redirects``, ``error`` for the unforeseen);
-    ``status_code`` is the HTTP status when the failure was an answer from the server;
-    ``bytes_read`` how many (decoded) bytes of the body were read when it was cut short.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        outcome: str,
-        status_code: int | None = None,
-        bytes_read: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.status_code = status_code
-        self.bytes_read = bytes_read
-
-
-class _RetryableError(FetchError):
-    """A failure worth another attempt: network errors, timeouts and 5xx answers."""
 
 
 @dataclass(frozen=True)
@@ -100,136 +65,8 @@ class PostResult:
     elapsed_s: float
 
 
-@dataclass(frozen=True)
-class _Target:
-    url: httpx.URL
-    host: str  # the host name as written (IDNA-encoded), for Host, SNI and the per-host limit
-    addresses: list[str]
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses ``socket.getaddrinfo`` gives for ``host``, without duplicates, in order."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses: list[str] = []
-    for info in infos:
-        address = str(info[4][0])
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
-def _non_global_kind(address: str) -> str | None:
-    """What kind of non-public address ``address`` is ("loopback", ...), or None if public."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    except ValueError:
-        return "unparsable"
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    if isinstance(ip, ipaddress.IPv6Address):
-        # IPv6 forms that embed an IPv4 address reach that IPv4 address: judge it first.
-        if ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
-        if ip.sixtofour is not None:
-            candidates.append(ip.sixtofour)
-        if ip.teredo is not None:
-            candidates.extend(ip.teredo)
-        if ip in _NAT64:
-            candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    candidates.append(ip)
-    for candidate in candidates:
-        for kind, flagged in (
-            ("loopback", candidate.is_loopback),
-            ("link-local", candidate.is_link_local),
-            ("multicast", candidate.is_multicast),
-            ("private", candidate.is_private),
-            ("reserved", not candidate.is_global),
-        ):
-            if flagged:
-                return kind
-    return None
-
-
-def _parse(url: str | httpx.URL) -> httpx.URL:
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as error:
-        raise FetchError(f"{url!r} is not a valid URL: {error}", outcome="invalid_url") from error
-    if parsed.scheme not in ("http", "https"):
-        raise FetchError(
-            f"{str(parsed)!r} is refused: only http and https URLs can be fetched",
-            outcome="refused",
-        )
-    if not parsed.raw_host:
-        raise FetchError(f"{str(parsed)!r} has no host", outcome="invalid_url")
-    return parsed
-
-
-def _host_port_key(url: httpx.URL) -> str:
-    host = url.raw_host.decode("ascii").lower()
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _vet(
-    url: str | httpx.URL,
-    *,
-    allow_private: bool,
-    exempt_hosts: frozenset[str],
-    resolve: Resolver,
-) -> _Target:
-    """Check ``url`` and resolve its host; the addresses returned are the only ones to use."""
-    parsed = _parse(url)
-    host = parsed.raw_host.decode("ascii")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        addresses = resolve(host, port)
-    except socket.gaierror as error:
-        # A temporary failure of the resolver is worth another try; "no such host" is not.
-        error_type = _RetryableError if error.errno == socket.EAI_AGAIN else FetchError
-        raise error_type(
-            f"could not resolve the host {host!r} of {str(parsed)!r}: {error.strerror or error}",
-            outcome="network_error",
-        ) from error
-    except UnicodeError as error:
-        # The resolver encodes the name with IDNA, which refuses empty or over-long labels.
-        raise FetchError(
-            f"{str(parsed)!r} has an invalid host name: {error}", outcome="invalid_url"
-        ) from error
-    if not addresses:
-        raise FetchError(f"the host {host!r} resolved to no address", outcome="network_error")
-    exempt = _host_port_key(parsed) in {entry.lower() for entry in exempt_hosts}
-    if not (allow_private or exempt):
-        # One private answer is enough to refuse: the connection could land on any of them.
-        for address in addresses:
-            kind = _non_global_kind(address)
-            if kind is not None:
-                where = f"is {address}" if address == host else f"{host!r} resolves to {address}"
-                raise FetchError(
-                    f"{str(parsed)!r} is refused: its host {where}, a {kind} address, "
-                    "and private source hosts are not allowed",
-                    outcome="refused",
-                )
-    return _Target(url=parsed, host=host, addresses=addresses)
-
-
-def check_public_url(
-    url: str,
-    *,
-    allow_private: bool,
-    exempt_hosts: frozenset[str] = frozenset(),
-    resolve: Resolver = system_resolver,
-) -> None:
-    """Raise FetchError unless ``url`` is http(s) and its host resolves to public addresses only.
-
-    ``exempt_hosts`` holds ``host:port`` entries (``[v6addr]:port`` for IPv6 literals) that may
-    be private, such as the demo feed the service serves itself. The check resolves DNS, so a
-    URL that passes now can fail later; fetches vet again, on every hop.
-    """
-    _vet(url, allow_private=allow_private, exempt_hosts=exempt_hosts, resolve=resolve)
-
-
 class SafeFetcher:
-    """A shared, thread-safe HTTP client for collectors (jobs run in threads).
+    """A shared, thread-safe HTTP client for collectors and webhooks (jobs run in threads).
 
     ``retries`` is the number of attempts after the first one. ``total_timeout`` bounds a whole
     fetch (redirects, retries and a slowly trickling body included), since ``read_timeout`` only
@@ -331,7 +168,7 @@ class SafeFetcher:
         for the answer's headers, each; the answer's body is not read.
         """
         started = time.monotonic()
-        target = _vet(
+        target = vet(
             url, allow_private=self._allow_private, exempt_hosts=frozenset(), resolve=self._resolve
         )
         shown = str(target.url)
@@ -371,7 +208,7 @@ class SafeFetcher:
     def _fetch(
         self, url: str, *, etag: str | None, last_modified: str | None, started: float
     ) -> FetchResult:
-        # Only the encodings decoded here, a step at a time (app/collectors/decode.py).
+        # Only the encodings decoded here, a step at a time (app/net/decode.py).
         headers = {
             "User-Agent": self._user_agent,
             "Accept": ACCEPT,
@@ -433,7 +270,7 @@ class SafeFetcher:
                 )
             try:
                 return self._get_once(url, headers, deadline)
-            except _RetryableError as error:
+            except RetryableError as error:
                 if attempt + 1 >= attempts:
                     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
                     raise FetchError(
@@ -462,7 +299,7 @@ class SafeFetcher:
     def _get_once(
         self, url: str | httpx.URL, headers: dict[str, str], deadline: float
     ) -> tuple[int, httpx.Headers, bytes, httpx.URL]:
-        target = _vet(
+        target = vet(
             url,
             allow_private=self._allow_private,
             exempt_hosts=self._exempt_hosts,
@@ -473,19 +310,19 @@ class SafeFetcher:
             try:
                 response = self._connect(target, headers)
             except httpx.TimeoutException as error:
-                raise _RetryableError(
+                raise RetryableError(
                     f"connecting to {shown} timed out", outcome="timeout"
                 ) from error
             except httpx.TransportError as error:
                 # Asking again will not fix a certificate; other connection failures may pass.
-                raise _bad_certificate(error, shown) or _RetryableError(
+                raise _bad_certificate(error, shown) or RetryableError(
                     _could_not_connect(error, shown), outcome="network_error"
                 ) from error
             try:
                 status = response.status_code
                 reason = f"{status} {response.reason_phrase}".strip()
                 if status >= 500:
-                    raise _RetryableError(
+                    raise RetryableError(
                         f"{shown} answered {reason}", outcome="http_error", status_code=status
                     )
                 if status >= 400 or (
@@ -497,11 +334,11 @@ class SafeFetcher:
                 body = self._read_body(response, shown, deadline) if status < 300 else b""
                 return status, response.headers, body, target.url
             except httpx.TimeoutException as error:
-                raise _RetryableError(
+                raise RetryableError(
                     f"reading the answer of {shown} timed out", outcome="timeout"
                 ) from error
             except httpx.TransportError as error:
-                raise _RetryableError(
+                raise RetryableError(
                     f"the connection to {shown} failed while reading: "
                     f"{str(error) or type(error).__name__}",
                     outcome="network_error",
@@ -516,7 +353,7 @@ class SafeFetcher:
 
     def _connect(
         self,
-        target: _Target,
+        target: Target,
         headers: dict[str, str],
         *,
         method: str = "GET",
